@@ -1,0 +1,271 @@
+"""The `lm` command line. Each subcommand is a thin layer over library functions.
+
+Bad input ends with one line on stderr naming the culprit and exit status 2, before any compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG_SET = (
+    "Override any config key with --set SECTION.KEY=VALUE (repeatable), "
+    "e.g. --set model.d_model=256 train.lr=3e-4. Sections: model, data, train, mesh; "
+    "top-level keys: kind (transformer|bigram), preset (gpt2|llama|none)."
+)
+
+
+class UsageError(Exception):
+    """A one-line user error (bad path, bad value): printed without a traceback."""
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--config", required=required, help="YAML config file (see configs/)")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set model.d_model=256 train.lr=3e-4",
+    )
+
+
+def _load_config(args):
+    from lm import config
+
+    return config.load(args.config, args.set)
+
+
+# ---------------------------------------------------------------- train / eval
+
+
+def cmd_train(args) -> int:
+    from lm import config as config_lib
+    from lm import loop
+
+    run_dir = Path(args.out)
+    if args.config is None:
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise UsageError(f"--config is required: {run_dir} holds no config.yaml to resume")
+        cfg = config_lib.load(saved, args.set)
+    else:
+        cfg = _load_config(args)
+    if args.dry_run:
+        from lm import dryrun
+
+        dryrun.report(cfg, print_fn=print)
+        return 0
+    if cfg.kind == "bigram":
+        from lm import bigram
+
+        bigram.train_run(cfg, run_dir)
+        return 0
+    summary = loop.train_run(cfg, run_dir, progress=not args.no_progress)
+    if args.sample_tokens > 0:
+        _print_sample(cfg, summary["state"]["params"], summary["tokenizer"], args)
+    return 0
+
+
+def _print_sample(cfg, params, tok, args) -> None:
+    import jax
+
+    from lm import sampling
+
+    prompt = tok.encode(args.prompt) if args.prompt else []
+    prompt = [tok.bos_id, *prompt]
+    n = min(args.sample_tokens, cfg.model.max_seq_len - len(prompt))
+    out = sampling.generate(
+        params,
+        cfg.model,
+        [prompt],
+        jax.random.PRNGKey(cfg.train.seed),
+        max_new_tokens=n,
+        temperature=args.temperature,
+        eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
+    )[0]
+    print(f"--- sample (temperature {args.temperature}, {len(out)} tokens) ---")
+    print(args.prompt + tok.decode(out))
+    print("---")
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from lm import checkpoint, data, loop, sharding, train
+
+    run_dir = Path(args.run)
+    if not (run_dir / checkpoint.CONFIG_FILE).is_file():
+        raise UsageError(f"--run {run_dir}: not a run directory (no config.yaml)")
+    cfg, params, tok = checkpoint.load_run(run_dir, step=args.step)
+    n = args.windows or cfg.train.eval_windows
+    tokens = data.prepare_data(cfg.data, tok, progress=False)
+    windows = data.val_windows(tokens.val, n, cfg.train.seq_len)
+    token_bytes = np.zeros(cfg.model.vocab_size, np.int32)
+    token_bytes[: tok.vocab_size] = tok.token_bytes()
+    mesh = sharding.make_mesh(cfg.mesh)
+    vl, se, bpb = loop.evaluate(
+        train.make_eval_step(cfg, mesh), params, windows, token_bytes, cfg.train.batch_size
+    )
+    print(f"val_loss {vl:.4f} ± {se:.4f} nats/token, {bpb:.4f} bits/byte ({n} windows)")
+    return 0
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _tokenizer_from(args):
+    from lm.tokenizer import ByteTokenizer, load_tokenizer
+
+    if args.run:
+        return load_tokenizer(Path(args.run))
+    if args.config or args.set:
+        from lm.tokenizer import build_tokenizer
+
+        return build_tokenizer(_load_config(args).data)
+    return ByteTokenizer()
+
+
+def cmd_tok_train(args) -> int:
+    from lm.tokenizer import build_tokenizer, save_tokenizer
+
+    cfg = _load_config(args)
+    if cfg.data.tokenizer == "byte":
+        raise UsageError("data.tokenizer='byte' needs no training; set bpe or unigram")
+    tok = build_tokenizer(cfg.data)
+    path = save_tokenizer(tok, Path(args.out))
+    print(f"{cfg.data.tokenizer} tokenizer, {tok.vocab_size} tokens -> {path}")
+    return 0
+
+
+def cmd_tok_encode(args) -> int:
+    tok = _tokenizer_from(args)
+    text = sys.stdin.read() if args.text == "-" else args.text
+    ids = tok.encode(text)
+    pieces = tok.pieces(ids)
+    print(f"{len(text.encode())} bytes -> {len(ids)} tokens")
+    for i, p in zip(ids, pieces, strict=True):
+        print(f"{i:>7}  {p!r}")
+    print("ids:", " ".join(map(str, ids)))
+    return 0
+
+
+def cmd_tok_decode(args) -> int:
+    tok = _tokenizer_from(args)
+    try:
+        ids = [int(x) for x in " ".join(args.ids).replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"ids {' '.join(args.ids)!r}: expected integers") from None
+    bad = [i for i in ids if not 0 <= i < tok.vocab_size]
+    if bad:
+        raise UsageError(f"id {bad[0]}: outside the vocabulary [0, {tok.vocab_size})")
+    print(tok.decode(ids))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lm", description="Decoder-only language models in JAX.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser(
+        "train",
+        help="train (or resume) a run",
+        description="Train a model from a config; rerun on the same --out to resume.",
+        epilog=EPILOG_SET,
+    )
+    _config_args(t)
+    t.add_argument("--out", required=True, help="run directory (resumed if it exists)")
+    t.add_argument("--dry-run", action="store_true", help="compile and report memory/FLOPs only")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--sample-tokens", type=int, default=200, help="tokens to sample at the end (0: none)"
+    )
+    t.add_argument("--prompt", default="", help="prompt for the final sample")
+    t.add_argument("--temperature", type=float, default=0.8, help="for the final sample")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="validation loss and bits/byte of a run's checkpoint")
+    e.add_argument("--run", required=True, help="run directory")
+    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    e.add_argument("--windows", type=int, default=None, help="validation windows (default: config)")
+    e.set_defaults(func=cmd_eval)
+
+    tk = sub.add_parser("tokenizer", help="train a tokenizer, or show how text becomes tokens")
+    tsub = tk.add_subparsers(dest="tok_command", required=True)
+    tt = tsub.add_parser(
+        "train",
+        help="train a sentencepiece tokenizer (data.tokenizer=bpe|unigram)",
+        epilog=EPILOG_SET,
+    )
+    _config_args(tt)
+    tt.add_argument("--out", required=True, help="directory to write tokenizer.model into")
+    tt.set_defaults(func=cmd_tok_train)
+    for name, fn, help_ in (
+        ("encode", cmd_tok_encode, "text -> pieces and ids"),
+        ("decode", cmd_tok_decode, "ids -> text"),
+    ):
+        q = tsub.add_parser(name, help=help_, epilog="Tokenizer: --run DIR, a config, or bytes.")
+        q.add_argument("--run", help="use this run directory's tokenizer")
+        _config_args(q)
+        if name == "encode":
+            q.add_argument("text", help="text to encode ('-' reads stdin)")
+        else:
+            q.add_argument("ids", nargs="+", help="token ids (space or comma separated)")
+        q.set_defaults(func=fn)
+
+    _add_optional(sub)
+    return p
+
+
+def _add_optional(sub) -> None:
+    """Subcommands whose modules live beside the core (sampling, scaling, ...)."""
+    from lm.scaling.commands import add_fit_parser
+
+    sc = sub.add_parser("scaling", help="fit and plot scaling laws from runs")
+    ssub = sc.add_subparsers(dest="scaling_command", required=True)
+    add_fit_parser(ssub)
+    try:
+        from lm.sampling_cli import add_parsers
+    except ImportError:
+        add_parsers = None
+    if add_parsers is not None:
+        add_parsers(sub)
+
+
+def loop_errors():
+    from lm.loop import TrainingDiverged
+
+    return (TrainingDiverged,)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lm.xla_env import configure
+
+    configure()
+    args = build_parser().parse_args(argv)
+    from lm.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e.args[0] if len(e.args) == 1 else e}", file=sys.stderr)
+        return 2
+    except loop_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Typed, frozen run configuration: loaded from YAML, overridden with `key=value`, validated.
+
+Every run is one `Config`. Files under `configs/` hold the non-default fields; `--set a.b=v`
+overrides them; `validate` rejects bad values with one line naming the key before any compute.
+Vary a config in code with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the key and the value."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: same as n_heads (MHA); 1: MQA; between: GQA
+    d_ff: int | None = None  # None: 4*d_model (gelu) or the llama 8/3*d_model rounded (swiglu)
+    vocab_size: int = 259  # >= the tokenizer's vocab; extra rows are never targets
+    max_seq_len: int = 256
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    positions: Literal["learned", "rope"] = "learned"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    tied_embeddings: bool = True
+    bias: bool = False  # biases on the linear layers (GPT-2 has them; llama does not)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    remat: Literal["none", "full", "dots"] = "none"  # activation rematerialisation per layer
+    scan_layers: bool = True  # scan keeps compile time flat in depth
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffw_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":  # keep params equal to a 4x gelu MLP, rounded up to 64
+            return -(-(8 * self.d_model // 3) // 64) * 64
+        return 4 * self.d_model
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(
+        norm="layernorm", positions="learned", mlp="gelu", tied_embeddings=True, bias=True
+    ),
+    "llama": dict(
+        norm="rmsnorm", positions="rope", mlp="swiglu", tied_embeddings=False, bias=False
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "stdlib" (the running interpreter's own .py sources), a file, a directory, a glob,
+    # or "hf:NAME[:CONFIG]" for a Hugging Face dataset (optional extra).
+    source: str = "stdlib"
+    text_field: str = "text"  # the column holding text, for Hugging Face datasets
+    # data_files for a Hugging Face builder, e.g. source "hf:json" with a local path or glob
+    hf_data_files: str | None = None
+    max_docs: int | None = None  # cap the documents read (for quick experiments)
+    val_fraction: float = 0.05  # share of documents held out, chosen by document hash
+    tokenizer: Literal["byte", "bpe", "unigram"] = "byte"
+    tokenizer_vocab: int = 4096  # for bpe/unigram
+    tokenizer_sample_bytes: int = 20_000_000  # corpus sample the tokenizer is trained on
+    cache_dir: str = "~/.cache/lm"  # tokenized corpora, keyed by corpus + tokenizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    seq_len: int = 128
+    batch_size: int = 32  # sequences per optimizer step (across all devices and micro-steps)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    steps: int = 1000
+    lr: float = 3e-3
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2  # wsd: share of steps spent in the final decay
+    min_lr_ratio: float = 0.1  # cosine floor / wsd end, as a fraction of lr
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False  # weight decay on embeddings (never on norms and biases)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # global-norm clipping; 0 disables
+    steps_per_call: int = 1  # optimizer steps fused into one jitted call (fewer dispatches)
+    log_every: int = 10
+    eval_every: int = 200
+    eval_windows: int = 64  # fixed validation windows of seq_len+1 tokens
+    ckpt_every: int = 200
+    keep_ckpts: int = 3
+    peak_flops: float | None = None  # FLOP/s for MFU; None: measured once per machine, cached
+    sample_every: int = 0  # print a short sample every K steps; 0: only at the end
+    sample_tokens: int = 200
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    data: int = 1
+    fsdp: int = -1  # -1: all remaining devices
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    kind: Literal["transformer", "bigram"] = "transformer"
+    preset: Literal["gpt2", "llama", "none"] = "none"
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check `value` against the annotation `typ`, converting strings from the command line."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}={value!r}: bad value")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+            except ValueError:
+                f = None
+            if f is not None and f.is_integer():
+                return int(f)
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    raise ConfigError(f"{key}: unsupported type {typ}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            raise ConfigError(
+                f"unknown config key {prefix}{k!s} (known: {', '.join(sorted(names))})"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        typ = hints[f.name]
+        v = data[f.name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[f.name] = _build(typ, v, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(f"{prefix}{f.name}", v, typ)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """A command-line value as YAML would read it ('3e-4' is a number, 'true' a bool)."""
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(v, str):
+        try:
+            return float(v) if any(c in v for c in ".eE") else v
+        except ValueError:
+            return v
+    return v
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`['model.d_model=256', 'train.lr=3e-4']` applied onto a nested dict (a copy)."""
+    raw = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {p} is not a section")
+        node[parts[-1]] = _parse_scalar(value)
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    raw = dict(raw or {})
+    preset = raw.get("preset", "none")
+    if preset not in ("none", *PRESETS):
+        raise ConfigError(f"preset={preset!r}: must be one of none, {', '.join(PRESETS)}")
+    if preset != "none":  # the preset fills model keys the file leaves unset
+        raw["model"] = {**PRESETS[preset], **(raw.get("model") or {})}
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {p}{where}: not valid YAML") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p}: expected a mapping of sections at the top level")
+    return raw
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    raw = read_yaml(path) if path else {}
+    return from_dict(apply_overrides(raw, list(overrides)))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible values with one line naming the key; cheap, no compute."""
+    m, d, t, me = cfg.model, cfg.data, cfg.train, cfg.mesh
+    for k in ("n_layers", "d_model", "n_heads", "vocab_size", "max_seq_len"):
+        _check(getattr(m, k) >= 1, f"model.{k}", getattr(m, k), "must be >= 1")
+    _check(
+        m.d_model % m.n_heads == 0,
+        "model.d_model",
+        m.d_model,
+        f"must be divisible by model.n_heads={m.n_heads}",
+    )
+    if m.n_kv_heads is not None:
+        _check(m.n_kv_heads >= 1, "model.n_kv_heads", m.n_kv_heads, "must be >= 1")
+        _check(
+            m.n_heads % m.n_kv_heads == 0,
+            "model.n_heads",
+            m.n_heads,
+            f"must be divisible by model.n_kv_heads={m.n_kv_heads}",
+        )
+    if m.d_ff is not None:
+        _check(m.d_ff >= 1, "model.d_ff", m.d_ff, "must be >= 1")
+    if m.positions == "rope":
+        _check(m.head_dim % 2 == 0, "model.d_model", m.d_model, "rope needs an even head dim")
+    _check(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "must be > 0")
+    _check(m.init_std > 0, "model.init_std", m.init_std, "must be > 0")
+
+    _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
+    _check(d.tokenizer_vocab >= 260, "data.tokenizer_vocab", d.tokenizer_vocab, "must be >= 260")
+    if d.max_docs is not None:
+        _check(d.max_docs >= 2, "data.max_docs", d.max_docs, "must be >= 2")
+    _check_source(d.source)
+
+    _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    _check(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
+    _check(t.seq_len >= 1, "train.seq_len", t.seq_len, "must be >= 1")
+    _check(
+        t.seq_len <= m.max_seq_len,
+        "train.seq_len",
+        t.seq_len,
+        f"exceeds model.max_seq_len={m.max_seq_len}",
+    )
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _check(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be >= 1")
+    _check(
+        t.batch_size % t.grad_accum == 0,
+        "train.batch_size",
+        t.batch_size,
+        f"must be divisible by train.grad_accum={t.grad_accum}",
+    )
+    _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
+    _check(0 <= t.decay_fraction <= 1, "train.decay_fraction", t.decay_fraction, "must be in [0, 1]")
+    _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    _check(0 <= t.beta1 < 1, "train.beta1", t.beta1, "must be in [0, 1)")
+    _check(0 <= t.beta2 < 1, "train.beta2", t.beta2, "must be in [0, 1)")
+    _check(t.eps > 0, "train.eps", t.eps, "must be > 0")
+    _check(t.clip_norm >= 0, "train.clip_norm", t.clip_norm, "must be >= 0")
+    _check(t.steps_per_call >= 1, "train.steps_per_call", t.steps_per_call, "must be >= 1")
+    for k in ("log_every", "eval_every", "ckpt_every", "eval_windows", "keep_ckpts"):
+        _check(getattr(t, k) >= 1, f"train.{k}", getattr(t, k), "must be >= 1")
+    _check(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0")
+    if t.peak_flops is not None:
+        _check(t.peak_flops > 0, "train.peak_flops", t.peak_flops, "must be > 0")
+
+    sizes = {"mesh.data": me.data, "mesh.fsdp": me.fsdp, "mesh.tensor": me.tensor}
+    for k, v in sizes.items():
+        _check(v == -1 or v >= 1, k, v, "must be >= 1 or -1 (inferred)")
+    _check(
+        sum(v == -1 for v in sizes.values()) <= 1, "mesh", sizes, "at most one axis may be -1"
+    )
+
+
+def _check_source(source: str) -> None:
+    if source == "stdlib" or source.startswith("hf:"):
+        return
+    p = Path(source).expanduser()
+    if any(c in source for c in "*?["):
+        import glob
+
+        _check(bool(glob.glob(str(p), recursive=True)), "data.source", source, "glob matches no file")
+        return
+    _check(p.exists(), "data.source", source, "no such file or directory")

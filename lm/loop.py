@@ -1,0 +1,397 @@
+"""`lm train`: one run directory from one config — data, steps, evals, checkpoints, metrics.
+
+Layout of a run directory:
+  config.yaml          the resolved config (a rerun must match it)
+  tokenizer.model|json the tokenizer, so the run is self-contained
+  metrics.jsonl        one JSON object per line: train lines and eval lines (see README)
+  tb/                  TensorBoard events
+  checkpoints/<step>/  orbax checkpoints of the whole state
+
+Running the same command on an existing run directory resumes from its latest checkpoint; the
+batch at step s is a pure function of (seed, s), so the resumed run reproduces the losses of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from lm import checkpoint, data, flops, sharding, train
+from lm import config as config_lib
+from lm.config import Config, ConfigError
+from lm.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer
+
+# Keys that may differ when a run is resumed: they change what is logged, not what is learned.
+RESUMABLE_KEYS = {
+    "train.log_every",
+    "train.eval_every",
+    "train.ckpt_every",
+    "train.keep_ckpts",
+    "train.sample_every",
+    "train.sample_tokens",
+    "train.peak_flops",
+    "data.cache_dir",
+}
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
+    """Write the config, or check it against the saved one. True when resuming."""
+    saved_path = run_dir / checkpoint.CONFIG_FILE
+    if saved_path.is_file():
+        saved = _flat(config_lib.to_dict(config_lib.load(saved_path)))
+        now = _flat(config_lib.to_dict(cfg))
+        for k in sorted(set(saved) | set(now)):
+            if k not in RESUMABLE_KEYS and saved.get(k) != now.get(k):
+                raise ConfigError(
+                    f"{k}={now.get(k)!r} differs from {saved.get(k)!r} in {saved_path}; "
+                    "use a new --out directory (or the same config) to resume"
+                )
+        saved_path.write_text(config_lib.dump(cfg))
+        return True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = saved_path.with_suffix(".tmp")
+    tmp.write_text(config_lib.dump(cfg))
+    tmp.replace(saved_path)
+    return False
+
+
+def get_tokenizer(cfg: Config, run_dir: Path) -> Tokenizer:
+    try:
+        return load_tokenizer(run_dir)
+    except (FileNotFoundError, ValueError):
+        tok = build_tokenizer(cfg.data)
+        save_tokenizer(tok, run_dir)
+        return tok
+
+
+def unigram_entropy(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab: int) -> float:
+    """Cross-entropy (nats/token) on validation of the train split's unigram distribution,
+    add-one smoothed: the loss of a model that ignores context, which training must beat."""
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    val_counts = np.bincount(np.asarray(val_tokens), minlength=vocab)
+    return float(-(val_counts * logp).sum() / val_counts.sum())
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl (+ TensorBoard). On resume, lines after the restored step
+    are dropped: the resumed run writes them again, identically."""
+
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():
+            keep = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill mid-write
+                if rec.get("step", 0) <= resume_step:
+                    keep.append(line)
+            self.path.write_text("".join(k + "\n" for k in keep))
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1)
+        except ImportError:
+            self.tb = None
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, int | float) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, rec["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Prefetcher:
+    """Builds host batches for upcoming calls on a thread, so data never stalls the step."""
+
+    def __init__(self, make, starts: list[int], depth: int = 2):
+        self.make, self.starts = make, deque(starts)
+        self.results: dict[int, Any] = {}
+        self.cv = threading.Condition()
+        self.depth = depth
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while self.starts:
+            with self.cv:
+                while len(self.results) >= self.depth:
+                    self.cv.wait()
+            s = self.starts.popleft()
+            b = self.make(s)
+            with self.cv:
+                self.results[s] = b
+                self.cv.notify_all()
+
+    def get(self, s: int):
+        with self.cv:
+            while s not in self.results:
+                self.cv.wait()
+            b = self.results.pop(s)
+            self.cv.notify_all()
+            return b
+
+
+def evaluate(eval_step, params, windows: np.ndarray, token_bytes: np.ndarray, batch: int):
+    """Validation loss (mean nats/token), its standard error over windows, and bits per byte."""
+    losses, nbytes = [], []
+    for i in range(0, len(windows), batch):
+        chunk = windows[i : i + batch]
+        pad = batch - len(chunk)
+        if pad:  # keep one compiled shape; padded rows are dropped below
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
+        l, b = jax.device_get(eval_step(params, chunk, token_bytes))
+        losses.append(l[: batch - pad])
+        nbytes.append(b[: batch - pad])
+    loss_w = np.concatenate(losses).astype(np.float64)  # summed nats per window
+    bytes_w = np.concatenate(nbytes).astype(np.float64)
+    T = windows.shape[1] - 1
+    per_window = loss_w / T
+    # Windows are the independent unit (tokens within one are correlated).
+    se = per_window.std(ddof=1) / math.sqrt(len(per_window)) if len(per_window) > 1 else 0.0
+    bpb = loss_w.sum() / (math.log(2) * max(bytes_w.sum(), 1.0))
+    return float(per_window.mean()), float(se), float(bpb)
+
+
+def train_run(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+    print_fn=print,
+) -> dict[str, Any]:
+    """Train (or resume) the run in `run_dir`. `stop_after` ends early at that step, as a
+    kill would (used by tests of resuming). Returns a summary of the last eval."""
+    run_dir = Path(run_dir)
+    t_cfg = cfg.train
+    is_main = jax.process_index() == 0
+    resuming = prepare_run_dir(cfg, run_dir)
+    tok = get_tokenizer(cfg, run_dir)
+    if cfg.model.vocab_size < tok.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size}: smaller than the tokenizer's "
+            f"{tok.vocab_size} tokens"
+        )
+    tokens = data.prepare_data(cfg.data, tok, progress=progress and is_main)
+    windows = data.val_windows(tokens.val, t_cfg.eval_windows, t_cfg.seq_len)
+    token_bytes = np.zeros(cfg.model.vocab_size, np.int32)
+    token_bytes[: tok.vocab_size] = tok.token_bytes()
+    n_train = len(tokens.train)
+    total_tokens = t_cfg.steps * t_cfg.batch_size * t_cfg.seq_len
+    epochs = total_tokens / max(n_train, 1)
+
+    counts = flops.count_params(cfg.model)
+    fpt = flops.flops_per_token(cfg.model, t_cfg.seq_len)
+    if t_cfg.peak_flops:
+        peak = t_cfg.peak_flops
+    else:
+        from lm.peak import peak_flops
+
+        peak = peak_flops(cfg.data.cache_dir)
+    uni = unigram_entropy(tokens.train, tokens.val, cfg.model.vocab_size)
+
+    mesh = sharding.make_mesh(cfg.mesh)
+    opt = train.make_optimizer(cfg)
+    mgr = checkpoint.manager(run_dir, keep=t_cfg.keep_ckpts)
+    latest = mgr.latest_step()
+    if latest is not None:
+        abstract, shardings = train.state_specs(cfg, opt, mesh)
+        state = checkpoint.restore(mgr, latest, abstract, shardings)
+        start = int(latest)
+    else:
+        state = train.create_state(cfg, opt, mesh)
+        start = 0
+    if is_main:
+        print_fn(
+            f"{'resuming' if resuming and start else 'training'} {run_dir} at step {start}/"
+            f"{t_cfg.steps}: N={counts['non_embedding']:,} non-embedding "
+            f"({counts['total']:,} total) params, {total_tokens:,} tokens "
+            f"({epochs:.2f} epochs of {n_train:,}), vocab {tok.vocab_size}, "
+            f"unigram entropy {uni:.4f} nats/token"
+        )
+        if epochs > 4:
+            print_fn(f"warning: {epochs:.1f} epochs of the training split (over 4 repeats)")
+    log = MetricsLog(run_dir, start, enabled=is_main)
+    step_fn = train.make_train_step(cfg, opt, mesh)
+    eval_fn = train.make_eval_step(cfg, mesh)
+
+    S, A = t_cfg.steps_per_call, t_cfg.grad_accum
+    B_micro = t_cfg.batch_size // A
+    batch_shard = sharding.batch_sharding(mesh, 4, 2)
+    pc, pi = jax.process_count(), jax.process_index()
+
+    def host_batches(s0: int, n: int) -> np.ndarray:
+        out = np.stack(
+            [
+                data.batch_at(
+                    tokens.train, t_cfg.seed, s, t_cfg.batch_size, t_cfg.seq_len, pi, pc
+                ).reshape(A, B_micro // pc, t_cfg.seq_len + 1)
+                for s in range(s0, s0 + n)
+            ]
+        )
+        return out
+
+    # Calls never straddle a log/eval/checkpoint boundary, so every event lands on its step.
+    def call_len(s: int) -> int:
+        n = min(S, t_cfg.steps - s)
+        for every in (t_cfg.log_every, t_cfg.eval_every, t_cfg.ckpt_every):
+            n = min(n, every - s % every)
+        if stop_after is not None:
+            n = min(n, max(stop_after - s, 1))
+        return n
+
+    starts, s = [], start
+    while s < t_cfg.steps and (stop_after is None or s < stop_after):
+        starts.append((s, call_len(s)))
+        s += starts[-1][1]
+    lengths = dict(starts)
+    prefetch = Prefetcher(lambda s0: host_batches(s0, lengths[s0]), [s0 for s0, _ in starts])
+
+    bar = None
+    if progress and is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t_cfg.steps, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+    pending: list[tuple[int, Any]] = []  # (first step, device metrics) not yet checked
+    window_t0, window_tokens, last_eval = time.perf_counter(), 0, {}
+    timings = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
+
+    def flush(step_now: int) -> dict[str, float] | None:
+        """Fetch pending metrics, stop on a non-finite loss, return the latest values."""
+        nonlocal window_t0, window_tokens
+        if not pending:
+            return None
+        got = [(s0, jax.device_get(m)) for s0, m in pending]
+        pending.clear()
+        for s0, m in got:
+            bad = np.flatnonzero(~np.isfinite(m["loss"]))
+            if bad.size:
+                raise TrainingDiverged(
+                    f"loss became {m['loss'][bad[0]]} at step {s0 + int(bad[0]) + 1}; stopped. "
+                    f"The last good checkpoint is kept in {run_dir / checkpoint.CKPT_DIR}"
+                )
+        m = got[-1][1]
+        dt = time.perf_counter() - window_t0
+        tps = window_tokens / dt if dt > 0 else 0.0
+        rec = {
+            "step": step_now,
+            "tokens": step_now * t_cfg.batch_size * t_cfg.seq_len,
+            "train_loss": float(m["loss"][-1]),
+            "grad_norm": float(m["grad_norm"][-1]),
+            "lr": float(m["lr"][-1]),
+            "tokens_per_s": tps,
+            "mfu": tps * fpt["hardware"] / peak,
+        }
+        window_t0, window_tokens = time.perf_counter(), 0
+        return rec
+
+    try:
+        for s0, n in starts:
+            batch = jax.device_put(prefetch.get(s0), batch_shard)
+            t0 = time.perf_counter()
+            state, m = step_fn(state, batch)
+            pending.append((s0, m))
+            window_tokens += n * t_cfg.batch_size * t_cfg.seq_len
+            s = s0 + n
+            is_last = s == t_cfg.steps or (stop_after is not None and s >= stop_after)
+            events = s % t_cfg.log_every == 0 or s % t_cfg.eval_every == 0
+            events = events or s % t_cfg.ckpt_every == 0 or is_last
+            if events:
+                jax.block_until_ready(state["step"])
+            timings["train"] += time.perf_counter() - t0
+            rec = None
+            if events:
+                rec = flush(s)
+                if s % t_cfg.log_every == 0 or is_last:
+                    log.write(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
+            if s % t_cfg.eval_every == 0 or s == t_cfg.steps:
+                t1 = time.perf_counter()
+                vl, se, bpb = evaluate(eval_fn, state["params"], windows, token_bytes, t_cfg.batch_size)
+                last_eval = {
+                    "step": s,
+                    "tokens": s * t_cfg.batch_size * t_cfg.seq_len,
+                    "val_loss": vl,
+                    "val_loss_se": se,
+                    "val_bpb": bpb,
+                }
+                log.write(last_eval)
+                timings["eval"] += time.perf_counter() - t1
+                window_t0 += time.perf_counter() - t1
+                if bar is not None:
+                    bar.write(f"step {s}: val_loss {vl:.4f} ± {se:.4f}, {bpb:.4f} bits/byte")
+            if s % t_cfg.ckpt_every == 0 or is_last:
+                t1 = time.perf_counter()
+                checkpoint.save(mgr, s, state)
+                timings["checkpoint"] += time.perf_counter() - t1
+                window_t0 += time.perf_counter() - t1
+            if bar is not None:
+                bar.update(n)
+        flush(t_cfg.steps)
+    finally:
+        mgr.wait_until_finished()
+        mgr.close()
+        log.close()
+        if bar is not None:
+            bar.close()
+
+    summary = {
+        "run_dir": str(run_dir),
+        "params": counts,
+        "flops_per_token": fpt,
+        "unigram_entropy": uni,
+        "timings": timings,
+        **{k: v for k, v in last_eval.items() if k.startswith("val")},
+        "step": int(jax.device_get(state["step"])),
+    }
+    if is_main and last_eval:
+        print_fn(
+            f"step {summary['step']}: val_loss {last_eval['val_loss']:.4f} ± "
+            f"{last_eval['val_loss_se']:.4f} nats/token ({last_eval['val_bpb']:.4f} bits/byte) "
+            f"vs unigram entropy {uni:.4f}"
+        )
+    summary["state"] = state
+    summary["tokenizer"] = tok
+    return summary
+

@@ -1,0 +1,204 @@
+"""The train step: loss, optimizer, schedules, and a pure jitted `train_step(state, batch)`.
+
+The state that changes is one pytree, `{"params", "opt_state", "step", "rng"}`, passed in and
+returned (its buffers donated). `rng` is the run's base key; anything random at step s uses
+`fold_in(rng, s)`, so a resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from lm import model, sharding
+from lm.config import Config, ModelConfig, TrainConfig
+
+State = dict[str, Any]
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def lr_schedule(t: TrainConfig, decay_start: int | None = None) -> Callable[[Any], Any]:
+    """Learning rate at an optimizer step (0-based): linear warmup, then cosine or WSD.
+
+    WSD (warmup-stable-decay; Hägele et al. 2024, arXiv:2405.18392) holds the peak and then
+    decays over the last `decay_fraction` of the steps with their 1-sqrt shape. `decay_start`
+    overrides where that decay begins, to branch a cooldown off the stable phase.
+    """
+    peak, floor, warm, total = t.lr, t.lr * t.min_lr_ratio, t.warmup_steps, t.steps
+
+    def schedule(step):
+        s = jnp.asarray(step, jnp.float32)
+        warmup = peak * jnp.minimum(1.0, (s + 1) / max(warm, 1))
+        if t.schedule == "constant":
+            after = jnp.full_like(s, peak)
+        elif t.schedule == "cosine":
+            frac = jnp.clip((s - warm) / max(total - warm, 1), 0.0, 1.0)
+            after = floor + (peak - floor) * 0.5 * (1 + jnp.cos(math.pi * frac))
+        else:
+            start = decay_start if decay_start is not None else total - int(total * t.decay_fraction)
+            n = max(total - start, 1)
+            frac = jnp.clip((s - start + 1) / n, 0.0, 1.0)
+            after = floor + (peak - floor) * (1 - jnp.sqrt(frac))
+        return jnp.where(s < warm, warmup, after)
+
+    return schedule
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+def decay_mask(cfg: Config) -> Any:
+    """True where AdamW's weight decay applies: never norms and biases; embeddings by config."""
+    return jax.tree.map(
+        lambda s: s.decay and (cfg.train.decay_embeddings or not s.embedding),
+        model.param_specs(cfg.model),
+        is_leaf=model.is_spec,
+    )
+
+
+def make_optimizer(cfg: Config, decay_start: int | None = None) -> optax.GradientTransformation:
+    t = cfg.train
+    adamw = optax.adamw(
+        lr_schedule(t, decay_start),
+        b1=t.beta1,
+        b2=t.beta2,
+        eps=t.eps,
+        weight_decay=t.weight_decay,
+        mask=decay_mask(cfg),
+    )
+    if t.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(t.clip_norm), adamw)
+    return adamw
+
+
+# ---------------------------------------------------------------- loss
+
+
+def token_losses(params, batch_BT1: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Cross-entropy in nats of each next token: [B, T+1] windows -> [B, T] float32."""
+    inputs_BT, targets_BT = batch_BT1[:, :-1], batch_BT1[:, 1:]
+    logits_BTV = model.apply(params, inputs_BT, cfg)
+    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    picked_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    return logz_BT - picked_BT
+
+
+def loss_fn(params, batch_BT1: jax.Array, cfg: ModelConfig) -> jax.Array:
+    return token_losses(params, batch_BT1, cfg).mean()
+
+
+# ---------------------------------------------------------------- state and step
+
+
+def state_specs(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh) -> tuple[Any, Any]:
+    """Abstract shapes and shardings of the whole state, without allocating it."""
+    specs = model.param_specs(cfg.model)
+    p_shard = sharding.param_shardings(specs, mesh)
+    abstract = jax.eval_shape(lambda: init_state(cfg, opt, 0))
+    # Optimizer moments mirror the params they belong to; scalars are replicated.
+    rep = sharding.replicated(mesh)
+    params_struct = jax.tree.structure(abstract["params"])
+    opt_shard = _map_subtrees(abstract["opt_state"], params_struct, p_shard, rep)
+    shardings = {"params": p_shard, "opt_state": opt_shard, "step": rep, "rng": rep}
+    return abstract, shardings
+
+
+def _map_subtrees(tree, params_struct, p_shard, rep):
+    """Sharding for an optax state: params-shaped subtrees like the params, others replicated."""
+    if jax.tree.structure(tree) == params_struct:
+        return p_shard
+    if isinstance(tree, tuple | list) and not hasattr(tree, "shape"):
+        mapped = [_map_subtrees(x, params_struct, p_shard, rep) for x in tree]
+        return type(tree)(*mapped) if hasattr(tree, "_fields") else type(tree)(mapped)
+    if isinstance(tree, dict):
+        return {k: _map_subtrees(v, params_struct, p_shard, rep) for k, v in tree.items()}
+    return jax.tree.map(lambda _: rep, tree)
+
+
+def init_state(cfg: Config, opt: optax.GradientTransformation, seed: int) -> State:
+    rng = jax.random.PRNGKey(seed)
+    params = model.init(cfg.model, jax.random.fold_in(rng, 0))
+    return {
+        "params": params,
+        "opt_state": opt.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.fold_in(rng, 1),
+    }
+
+
+def create_state(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh) -> State:
+    """The initial state, created already sharded (no full copy on one device first)."""
+    _, shardings = state_specs(cfg, opt, mesh)
+    return jax.jit(lambda: init_state(cfg, opt, cfg.train.seed), out_shardings=shardings)()
+
+
+def make_train_step(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh):
+    """A jitted `(state, batches_SABT1) -> (state, metrics_S)` running S optimizer steps.
+
+    batches: int32 [S, A, B/A, T+1] (S fused steps, A gradient-accumulation micro-batches).
+    Fusing steps into one call (a scan) removes per-step dispatch cost on small models.
+    """
+    mcfg = cfg.model
+    grad_fn = jax.value_and_grad(loss_fn)
+    schedule = lr_schedule(cfg.train)
+
+    def one_step(state: State, batch_ABT1):
+        params = state["params"]
+        A = batch_ABT1.shape[0]
+        if A == 1:
+            loss, grads = grad_fn(params, batch_ABT1[0], mcfg)
+        else:
+
+            def micro(carry, mb):
+                l_acc, g_acc = carry
+                loss, g = grad_fn(params, mb, mcfg)
+                return (l_acc + loss, jax.tree.map(jnp.add, g_acc, g)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch_ABT1)
+            loss, grads = loss / A, jax.tree.map(lambda g: g / A, grads)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = opt.update(grads, state["opt_state"], params)
+        new = {
+            "params": optax.apply_updates(params, updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+        }
+        return new, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"])}
+
+    def train_steps(state: State, batches):
+        return jax.lax.scan(one_step, state, batches)
+
+    _, state_shard = state_specs(cfg, opt, mesh)
+    return jax.jit(
+        train_steps,
+        in_shardings=(state_shard, sharding.batch_sharding(mesh, 4, 2)),
+        out_shardings=(state_shard, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(cfg: Config, mesh: Mesh):
+    """A jitted `(params, windows_BT1, token_bytes_V) -> (loss sums [B], byte sums [B])`."""
+    mcfg = cfg.model
+    p_shard = sharding.param_shardings(model.param_specs(mcfg), mesh)
+
+    def eval_step(params, windows_BT1, token_bytes_V):
+        losses_BT = token_losses(params, windows_BT1, mcfg)
+        nbytes_BT = token_bytes_V[windows_BT1[:, 1:]]
+        return losses_BT.sum(-1), nbytes_BT.sum(-1)
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(p_shard, sharding.batch_sharding(mesh, 2, 0), sharding.replicated(mesh)),
+        out_shardings=sharding.replicated(mesh),
+    )
