@@ -225,11 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional(sub) -> None:
     """Subcommands whose modules live beside the core (sampling, scaling, ...)."""
-    from lm.scaling.commands import add_fit_parser
-
-    sc = sub.add_parser("scaling", help="fit and plot scaling laws from runs")
-    ssub = sc.add_subparsers(dest="scaling_command", required=True)
-    add_fit_parser(ssub)
+    try:
+        from lm.scaling.commands import add_fit_parser
+    except ImportError:
+        add_fit_parser = None
+    if add_fit_parser is not None:
+        sc = sub.add_parser("scaling", help="fit and plot scaling laws from runs")
+        ssub = sc.add_subparsers(dest="scaling_command", required=True)
+        add_fit_parser(ssub)
     try:
         from lm.sampling_cli import add_parsers
     except ImportError:

@@ -330,6 +330,13 @@ def validate(cfg: Config) -> None:
     if d.max_docs is not None:
         _check(d.max_docs >= 2, "data.max_docs", d.max_docs, "must be >= 2")
     _check_source(d.source)
+    tok_vocab = 259 if d.tokenizer == "byte" else d.tokenizer_vocab
+    _check(
+        m.vocab_size >= tok_vocab,
+        "model.vocab_size",
+        m.vocab_size,
+        f"smaller than the {d.tokenizer} tokenizer's {tok_vocab} tokens",
+    )
 
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     _check(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
@@ -349,7 +356,9 @@ def validate(cfg: Config) -> None:
         f"must be divisible by train.grad_accum={t.grad_accum}",
     )
     _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
-    _check(0 <= t.decay_fraction <= 1, "train.decay_fraction", t.decay_fraction, "must be in [0, 1]")
+    _check(
+        0 <= t.decay_fraction <= 1, "train.decay_fraction", t.decay_fraction, "must be in [0, 1]"
+    )
     _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _check(0 <= t.beta1 < 1, "train.beta1", t.beta1, "must be in [0, 1)")
@@ -366,9 +375,7 @@ def validate(cfg: Config) -> None:
     sizes = {"mesh.data": me.data, "mesh.fsdp": me.fsdp, "mesh.tensor": me.tensor}
     for k, v in sizes.items():
         _check(v == -1 or v >= 1, k, v, "must be >= 1 or -1 (inferred)")
-    _check(
-        sum(v == -1 for v in sizes.values()) <= 1, "mesh", sizes, "at most one axis may be -1"
-    )
+    _check(sum(v == -1 for v in sizes.values()) <= 1, "mesh", sizes, "at most one axis may be -1")
 
 
 def _check_source(source: str) -> None:
@@ -378,6 +385,7 @@ def _check_source(source: str) -> None:
     if any(c in source for c in "*?["):
         import glob
 
-        _check(bool(glob.glob(str(p), recursive=True)), "data.source", source, "glob matches no file")
+        matches = glob.glob(str(p), recursive=True)
+        _check(bool(matches), "data.source", source, "glob matches no file")
         return
     _check(p.exists(), "data.source", source, "no such file or directory")

@@ -14,7 +14,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -291,7 +290,9 @@ def train_run(
     if progress and is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=t_cfg.steps, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(
+            total=t_cfg.steps, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr
+        )
     pending: list[tuple[int, Any]] = []  # (first step, device metrics) not yet checked
     window_t0, window_tokens, last_eval = time.perf_counter(), 0, {}
     timings = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
@@ -304,11 +305,14 @@ def train_run(
         got = [(s0, jax.device_get(m)) for s0, m in pending]
         pending.clear()
         for s0, m in got:
-            bad = np.flatnonzero(~np.isfinite(m["loss"]))
-            if bad.size:
+            # loss[i] is measured with the params before update s0+i+1, param_norm[i] after it,
+            # so bad params show a step before their loss would.
+            bad = [s0 + int(i) + 1 for i in np.flatnonzero(~np.isfinite(m["loss"]))]
+            bad += [s0 + int(i) + 2 for i in np.flatnonzero(~np.isfinite(m["param_norm"]))]
+            if bad:
                 raise TrainingDiverged(
-                    f"loss became {m['loss'][bad[0]]} at step {s0 + int(bad[0]) + 1}; stopped. "
-                    f"The last good checkpoint is kept in {run_dir / checkpoint.CKPT_DIR}"
+                    f"loss became non-finite at step {min(bad)}; stopped. The last good "
+                    f"checkpoint is kept in {run_dir / checkpoint.CKPT_DIR}"
                 )
         m = got[-1][1]
         dt = time.perf_counter() - window_t0
@@ -345,10 +349,14 @@ def train_run(
                 if s % t_cfg.log_every == 0 or is_last:
                     log.write(rec)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{rec['train_loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
+                    bar.set_postfix(
+                        loss=f"{rec['train_loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}"
+                    )
             if s % t_cfg.eval_every == 0 or s == t_cfg.steps:
                 t1 = time.perf_counter()
-                vl, se, bpb = evaluate(eval_fn, state["params"], windows, token_bytes, t_cfg.batch_size)
+                vl, se, bpb = evaluate(
+                    eval_fn, state["params"], windows, token_bytes, t_cfg.batch_size
+                )
                 last_eval = {
                     "step": s,
                     "tokens": s * t_cfg.batch_size * t_cfg.seq_len,
@@ -394,4 +402,3 @@ def train_run(
     summary["state"] = state
     summary["tokenizer"] = tok
     return summary
-

@@ -61,9 +61,7 @@ def partition(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: Mesh) 
     used: set[str] = set()
     out = []
     for dim, name in zip(shape, axes, strict=True):
-        mesh_axes = tuple(
-            a for a in (RULES.get(name) or ()) if a not in used and mesh.shape[a] > 1
-        )
+        mesh_axes = tuple(a for a in (RULES.get(name) or ()) if a not in used and mesh.shape[a] > 1)
         size = math.prod(mesh.shape[a] for a in mesh_axes)
         if mesh_axes and dim % size == 0:
             used.update(mesh_axes)

@@ -43,7 +43,9 @@ def lr_schedule(t: TrainConfig, decay_start: int | None = None) -> Callable[[Any
             frac = jnp.clip((s - warm) / max(total - warm, 1), 0.0, 1.0)
             after = floor + (peak - floor) * 0.5 * (1 + jnp.cos(math.pi * frac))
         else:
-            start = decay_start if decay_start is not None else total - int(total * t.decay_fraction)
+            start = (
+                decay_start if decay_start is not None else total - int(total * t.decay_fraction)
+            )
             n = max(total - start, 1)
             frac = jnp.clip((s - start + 1) / n, 0.0, 1.0)
             after = floor + (peak - floor) * (1 - jnp.sqrt(frac))
@@ -173,7 +175,11 @@ def make_train_step(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh):
             "step": state["step"] + 1,
             "rng": state["rng"],
         }
-        return new, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"])}
+        # Checked by the loop before each checkpoint, so a blown-up state is never saved even
+        # when its loss (known only at the next step) has not been seen yet.
+        param_norm = optax.tree.norm(new["params"])
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"])}
+        return new, metrics | {"param_norm": param_norm}
 
     def train_steps(state: State, batches):
         return jax.lax.scan(one_step, state, batches)

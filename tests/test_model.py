@@ -37,7 +37,7 @@ def _naive_forward(params, tokens, cfg: ModelConfig) -> np.ndarray:
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     tokens = np.asarray(tokens)
     B, T = tokens.shape
-    D, N, K, H = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+    N, K, H = cfg.n_heads, cfg.kv_heads, cfg.head_dim
 
     def norm(q, x):
         if cfg.norm == "layernorm":
@@ -239,9 +239,9 @@ def test_hardware_flops_match_xla_cost_analysis():
     params = _params(cfg)
     B, T = 4, 64
     batch = jnp.zeros((B, T + 1), jnp.int32)
-    compiled = jax.jit(jax.value_and_grad(loss_fn), static_argnums=2).lower(
-        params, batch, cfg
-    ).compile()
+    compiled = (
+        jax.jit(jax.value_and_grad(loss_fn), static_argnums=2).lower(params, batch, cfg).compile()
+    )
     ca = compiled.cost_analysis()
     ca = ca[0] if isinstance(ca, list) else ca
     xla = ca["flops"] / (B * T)

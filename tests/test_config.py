@@ -1,0 +1,97 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from lm import config
+from lm.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _err(overrides, raw=None):
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(config.apply_overrides(raw or {}, overrides))
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize(
+    "override, culprit",
+    [
+        (["model.d_model=100", "model.n_heads=3"], "model.d_model=100"),
+        (["model.n_heads=4", "model.n_kv_heads=3"], "model.n_heads=4"),
+        (["train.lr=0"], "train.lr=0.0"),
+        (["train.lr=-1e-3"], "train.lr=-0.001"),
+        (["train.seq_len=512", "model.max_seq_len=256"], "train.seq_len=512"),
+        (["data.source=/no/such/corpus"], "data.source='/no/such/corpus'"),
+        (["data.source=/no/such/*.txt"], "data.source='/no/such/*.txt'"),
+        (["train.batch_size=30", "train.grad_accum=4"], "train.batch_size=30"),
+        (["model.norm=batchnorm"], "model.norm='batchnorm'"),
+        (["train.steps=ten"], "train.steps='ten'"),
+        (["train.lr=fast"], "train.lr='fast'"),
+        (["model.tied_embeddings=maybe"], "model.tied_embeddings='maybe'"),
+        (["data.tokenizer=bpe", "data.tokenizer_vocab=4096"], "model.vocab_size=259"),
+        (["mesh.data=-1", "mesh.fsdp=-1"], "mesh"),
+        (["train.beta2=1.0"], "train.beta2=1.0"),
+    ],
+)
+def test_bad_values_name_the_key(override, culprit):
+    assert culprit in _err(override)
+
+
+def test_unknown_key_is_named():
+    assert "model.d_modle" in _err(["model.d_modle=64"])
+    assert "trian" in _err(["trian.lr=1"])
+
+
+def test_override_without_equals():
+    assert "train.lr" in _err(["train.lr"])
+
+
+def test_overrides_and_types():
+    cfg = config.load(None, ["model.d_model=256", "train.lr=3e-4", "model.n_kv_heads=2"])
+    assert cfg.model.d_model == 256 and cfg.train.lr == 3e-4 and cfg.model.n_kv_heads == 2
+    assert isinstance(cfg.train.lr, float)
+    cfg = config.load(None, ["model.n_kv_heads=none", "train.peak_flops=1.5e11"])
+    assert cfg.model.n_kv_heads is None and cfg.train.peak_flops == 1.5e11
+
+
+def test_presets_fill_unset_model_keys():
+    cfg = config.from_dict({"preset": "llama", "model": {"d_model": 64, "n_heads": 4}})
+    assert (cfg.model.norm, cfg.model.positions, cfg.model.mlp) == ("rmsnorm", "rope", "swiglu")
+    assert not cfg.model.tied_embeddings
+    cfg = config.from_dict({"preset": "llama", "model": {"norm": "layernorm"}})
+    assert cfg.model.norm == "layernorm"  # the file wins over the preset
+
+
+def test_yaml_round_trip_and_frozen(tmp_path):
+    cfg = config.load(None, ["model.d_model=96", "model.n_heads=3"])
+    p = tmp_path / "c.yaml"
+    p.write_text(config.dump(cfg))
+    assert config.load(p) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.model.d_model = 1  # type: ignore[misc]
+    assert dataclasses.replace(cfg.model, d_model=48).d_model == 48
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(lst)
+
+
+def test_every_shipped_config_loads():
+    files = sorted((ROOT / "configs").rglob("*.yaml"))
+    files = [f for f in files if "sweeps" not in f.parts]
+    assert files, "no configs shipped"
+    for f in files:
+        config.load(f)
