@@ -59,9 +59,20 @@ def cmd_train(args) -> int:
         dryrun.report(cfg, print_fn=print)
         return 0
     if cfg.kind == "bigram":
+        import jax
+
         from lm import bigram
 
-        bigram.train_run(cfg, run_dir)
+        out = bigram.train_run(cfg, run_dir)
+        if args.sample_tokens > 0:
+            tok = out["tokenizer"]
+            prompt = [tok.bos_id, *tok.encode(args.prompt)]
+            new = bigram.generate(
+                out["table"], prompt, jax.random.PRNGKey(cfg.train.seed), args.sample_tokens,
+                temperature=args.temperature, eos_id=tok.eos_id,
+            )  # fmt: skip
+            print(f"--- bigram sample (temperature {args.temperature}) ---")
+            print(args.prompt + tok.decode(new))
         return 0
     summary = loop.train_run(cfg, run_dir, progress=not args.no_progress)
     if args.sample_tokens > 0:

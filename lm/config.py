@@ -123,11 +123,17 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class BigramConfig:
+    add_k: float = 0.1  # add-k smoothing of the counts (kind: bigram)
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    bigram: BigramConfig = field(default_factory=BigramConfig)
     kind: Literal["transformer", "bigram"] = "transformer"
     preset: Literal["gpt2", "llama", "none"] = "none"
 
@@ -371,6 +377,8 @@ def validate(cfg: Config) -> None:
     _check(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0")
     if t.peak_flops is not None:
         _check(t.peak_flops > 0, "train.peak_flops", t.peak_flops, "must be > 0")
+
+    _check(cfg.bigram.add_k > 0, "bigram.add_k", cfg.bigram.add_k, "must be > 0")
 
     sizes = {"mesh.data": me.data, "mesh.fsdp": me.fsdp, "mesh.tensor": me.tensor}
     for k, v in sizes.items():
