@@ -244,6 +244,9 @@ def _add_optional(sub) -> None:
         sc = sub.add_parser("scaling", help="fit and plot scaling laws from runs")
         ssub = sc.add_subparsers(dest="scaling_command", required=True)
         add_fit_parser(ssub)
+    from lm.scaling.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     try:
         from lm.sampling_cli import add_parsers
     except ImportError:

@@ -197,10 +197,15 @@ def train_run(
     *,
     progress: bool = True,
     stop_after: int | None = None,
+    init_from: tuple[str | Path, int] | None = None,
     print_fn=print,
+    bar_position: int = 0,
 ) -> dict[str, Any]:
     """Train (or resume) the run in `run_dir`. `stop_after` ends early at that step, as a
-    kill would (used by tests of resuming). Returns a summary of the last eval."""
+    kill would (used by tests of resuming). `init_from=(other_run_dir, step)` starts a new run
+    from another run's checkpoint (state and step), copying its metrics up to that step: how a
+    sweep branches a cooldown off a WSD run's stable phase. Returns a summary of the last eval."""
+    t_begin = time.perf_counter()
     run_dir = Path(run_dir)
     t_cfg = cfg.train
     is_main = jax.process_index() == 0
@@ -237,6 +242,17 @@ def train_run(
         abstract, shardings = train.state_specs(cfg, opt, mesh)
         state = checkpoint.restore(mgr, latest, abstract, shardings)
         start = int(latest)
+    elif init_from is not None:
+        src_dir, src_step = Path(init_from[0]), int(init_from[1])
+        src = checkpoint.manager(src_dir, read_only=True)
+        abstract, shardings = train.state_specs(cfg, opt, mesh)
+        state = checkpoint.restore(src, src_step, abstract, shardings)
+        src.close()
+        start = src_step
+        if is_main and (src_dir / "metrics.jsonl").is_file():
+            lines = (src_dir / "metrics.jsonl").read_text().splitlines()
+            keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= start]
+            (run_dir / "metrics.jsonl").write_text("".join(x + "\n" for x in keep))
     else:
         state = train.create_state(cfg, opt, mesh)
         start = 0
@@ -279,10 +295,12 @@ def train_run(
             n = min(n, max(stop_after - s, 1))
         return n
 
+    # Calls are S fused steps, or single steps for a remainder: two compiled shapes in all.
     starts, s = [], start
     while s < t_cfg.steps and (stop_after is None or s < stop_after):
-        starts.append((s, call_len(s)))
-        s += starts[-1][1]
+        n = call_len(s)
+        starts += [(s, n)] if n == S else [(s + i, 1) for i in range(n)]
+        s += n
     lengths = dict(starts)
     prefetch = Prefetcher(lambda s0: host_batches(s0, lengths[s0]), [s0 for s0, _ in starts])
 
@@ -291,11 +309,26 @@ def train_run(
         from tqdm import tqdm
 
         bar = tqdm(
-            total=t_cfg.steps, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr
+            total=t_cfg.steps,
+            initial=start,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            position=bar_position,
+            leave=bar_position == 0,
         )
     pending: list[tuple[int, Any]] = []  # (first step, device metrics) not yet checked
     window_t0, window_tokens, last_eval = time.perf_counter(), 0, {}
-    timings = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
+    timings = {"setup": 0.0, "compile": 0.0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0}
+    compiled: dict[int, Any] = {}
+
+    def compiled_step(batch):
+        n = batch.shape[0]
+        if n not in compiled:  # compiled ahead of time so its cost is counted apart
+            t1 = time.perf_counter()
+            compiled[n] = step_fn.lower(state, batch).compile()
+            timings["compile"] += time.perf_counter() - t1
+        return compiled[n]
 
     def flush(step_now: int) -> dict[str, float] | None:
         """Fetch pending metrics, stop on a non-finite loss, return the latest values."""
@@ -332,8 +365,13 @@ def train_run(
     try:
         for s0, n in starts:
             batch = jax.device_put(prefetch.get(s0), batch_shard)
+            c0 = timings["compile"]
+            fn = compiled_step(batch)
+            window_t0 += timings["compile"] - c0  # tokens/s counts steps, not compiles
+            if not timings["setup"]:
+                timings["setup"] = time.perf_counter() - t_begin - timings["compile"]
             t0 = time.perf_counter()
-            state, m = step_fn(state, batch)
+            state, m = fn(state, batch)
             pending.append((s0, m))
             window_tokens += n * t_cfg.batch_size * t_cfg.seq_len
             s = s0 + n

@@ -1,0 +1,506 @@
+"""Scaling sweeps: a family of runs over model size N and data size D, from one file.
+
+A sweep file (configs/sweeps/*.yaml) names model *sizes* (target non-embedding parameters),
+not layer counts: `shape_for` turns a size into depth, width and heads at a fixed aspect ratio.
+Two kinds:
+- grid: every size x every token budget D;
+- isoflop: every compute budget C x every size, with D = C / FLOPs-per-token(N).
+
+Per-size rules (documented in the README, each a documented choice, not a tuned result):
+- learning rate: Kaplan et al. 2020 (arXiv:2001.08361) eq. D.1,
+  LR(N) = 0.003239 - 0.0001395 log N, times `lr_scale`;
+- warmup: max(100 steps, N tokens) (Porian et al. 2024, arXiv:2406.19146), capped at a quarter of
+  the shortest run of that size so that every cooldown starts after warmup;
+- AdamW beta2 = 0.99 for small batches (Porian et al.); batch and context fixed by the base config.
+
+Many data sizes from one run (Hägele et al. 2024, arXiv:2405.18392): with `schedule: wsd`, all
+members of one size share their warmup and stable phase, so the longest is trained once (the
+trunk) and each shorter one branches off the trunk's checkpoint where its own cooldown starts.
+Because the batch at step s is a pure function of (seed, s), a branch is *exactly* the WSD run of
+its own length, at a fraction of the cost.
+
+`lm sweep run FILE --out DIR` is idempotent: finished members are skipped, interrupted ones resume
+from their checkpoints, and the results table is rebuilt from the members' own records.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lm import config as config_lib
+from lm import flops
+from lm.config import Config, ConfigError
+
+DONE_FILE = "done.json"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "sweep"
+    kind: Literal["grid", "isoflop"] = "grid"
+    base: dict = field(default_factory=dict)  # a run config (as in configs/), shared by members
+    sizes: tuple[float, ...] = ()  # target non-embedding parameter counts
+    tokens: tuple[float, ...] = ()  # grid: token budgets D
+    budgets: tuple[float, ...] = ()  # isoflop: compute budgets C (FLOPs)
+    flops_convention: str = "6N"  # how C and D = C/FLOPs-per-token are counted
+    aspect: int = 32  # d_model / n_layers
+    head_dim: int = 16
+    min_layers: int = 2
+    lr_scale: float = 1.0  # multiplies Kaplan's LR(N)
+    schedule: Literal["wsd", "cosine"] = "wsd"
+    cooldown_fraction: float = 0.2  # wsd: share of each member's steps spent decaying
+    compare_cosine: bool = True  # also train separate cosine runs for the smallest size
+    seeds: int = 3  # seeds for the smallest size at its largest D (seed-to-seed spread)
+    eval_tokens: int = 100_000  # held-out tokens each D point is evaluated on
+    # isoflop: skip (C, N) pairs far from any plausible optimum (Chinchilla's is ~20 D/N)
+    min_tokens_per_param: float = 1.0
+    max_tokens_per_param: float = 1000.0
+    mfu_estimate: float = 0.3  # for `lm sweep plan` wall-time estimates
+
+    def __post_init__(self):
+        check = lambda ok, k, v, why: ok or _bad(f"{k}={v!r}: {why}")  # noqa: E731
+        check(self.kind in ("grid", "isoflop"), "kind", self.kind, "must be grid or isoflop")
+        check(len(self.sizes) >= 1, "sizes", self.sizes, "needs at least one model size")
+        check(all(s > 0 for s in self.sizes), "sizes", self.sizes, "must be > 0")
+        if self.kind == "grid":
+            check(len(self.tokens) >= 1, "tokens", self.tokens, "a grid needs token budgets")
+            check(all(t > 0 for t in self.tokens), "tokens", self.tokens, "must be > 0")
+        else:
+            check(len(self.budgets) >= 1, "budgets", self.budgets, "isoflop needs budgets")
+            check(all(c > 0 for c in self.budgets), "budgets", self.budgets, "must be > 0")
+        check(
+            self.flops_convention in flops.CONVENTIONS,
+            "flops_convention",
+            self.flops_convention,
+            f"must be one of {', '.join(flops.CONVENTIONS)}",
+        )
+        check(
+            0 < self.cooldown_fraction < 1,
+            "cooldown_fraction",
+            self.cooldown_fraction,
+            "must be in (0, 1)",
+        )
+        check(self.aspect >= 1, "aspect", self.aspect, "must be >= 1")
+        check(self.head_dim >= 2, "head_dim", self.head_dim, "must be >= 2")
+        check(self.min_layers >= 1, "min_layers", self.min_layers, "must be >= 1")
+        check(self.seeds >= 1, "seeds", self.seeds, "must be >= 1")
+        check(self.eval_tokens >= 1, "eval_tokens", self.eval_tokens, "must be >= 1")
+        check(self.lr_scale > 0, "lr_scale", self.lr_scale, "must be > 0")
+
+
+def _bad(msg: str):
+    raise ConfigError(msg)
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
+    raw = config_lib.read_yaml(path)
+    if isinstance(raw.get("base"), str):  # a path to a run config, relative to the sweep file
+        p = Path(path).parent / raw["base"]
+        raw["base"] = config_lib.read_yaml(p if p.is_file() else Path(raw["base"]))
+    raw = config_lib.apply_overrides(raw, list(overrides))
+    base = raw.pop("base", {}) or {}
+    names = {f.name for f in dataclasses.fields(SweepConfig)}
+    for k in raw:
+        if k not in names:
+            raise ConfigError(f"unknown sweep key {k} (known: {', '.join(sorted(names))})")
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k in ("sizes", "tokens", "budgets"):
+            try:
+                kw[k] = tuple(float(x) for x in (v if isinstance(v, list) else [v]))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{k}={v!r}: expected a list of numbers") from None
+        else:
+            kw[k] = config_lib._coerce(k, v, typing.get_type_hints(SweepConfig)[k])
+    sweep = SweepConfig(base=base, **kw)
+    config_lib.from_dict(base)  # the base must be a valid run config on its own
+    return sweep
+
+
+# ---------------------------------------------------------------- members
+
+
+def shape_for(n_target: float, aspect: int, head_dim: int, min_layers: int) -> dict[str, int]:
+    """Depth, width and heads for ~n_target non-embedding params at d_model ~ aspect x n_layers.
+
+    N ~= 12 L d^2 (Kaplan et al. 2020), so L = (N / (12 aspect^2))^(1/3); d is then solved from
+    N and L and rounded to whole heads, which keeps N close to the target."""
+    L = max(min_layers, round((n_target / (12 * aspect**2)) ** (1 / 3)))
+    d = math.sqrt(n_target / (12 * L))
+    heads = max(1, round(d / head_dim))
+    return {"n_layers": L, "d_model": heads * head_dim, "n_heads": heads}
+
+
+def kaplan_lr(n: float) -> float:
+    """Kaplan et al. 2020 eq. D.1: the learning rate that worked across their model sizes."""
+    return 0.003239 - 0.0001395 * math.log(n)
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    cfg: Config
+    n_target: float
+    N: int  # non-embedding params
+    N_total: int
+    D: int  # training tokens
+    budget: float | None  # the isoflop budget it belongs to
+    trunk: str | None  # the member it branches off (wsd), or None
+    branch_step: int | None
+    group: str  # "main", "seed", or "cosine"
+
+
+def _member_cfg(sweep: SweepConfig, n_target: float, steps: int, warmup: int, seed: int,
+                schedule: str) -> Config:  # fmt: skip
+    raw = json.loads(json.dumps(sweep.base))
+    shape = shape_for(n_target, sweep.aspect, sweep.head_dim, sweep.min_layers)
+    raw.setdefault("model", {}).update(shape)
+    t = raw.setdefault("train", {})
+    seq_len = int(t.get("seq_len", config_lib.TrainConfig.seq_len))
+    t.update(
+        steps=steps,
+        lr=kaplan_lr(n_target) * sweep.lr_scale,
+        warmup_steps=warmup,
+        schedule=schedule,
+        decay_fraction=sweep.cooldown_fraction,
+        seed=seed,
+        eval_every=steps,
+        eval_windows=max(1, math.ceil(sweep.eval_tokens / seq_len)),
+        ckpt_every=max(1, min(int(t.get("ckpt_every", 10**9)), steps)),
+    )
+    t.setdefault("beta2", 0.99)
+    return config_lib.from_dict(raw)
+
+
+def plan(sweep: SweepConfig) -> list[Member]:
+    """Every member of the sweep, trunks before their branches."""
+    base = config_lib.from_dict(sweep.base)
+    tpb = base.train.batch_size * base.train.seq_len  # tokens per optimizer step
+    points: list[tuple[float, int, float | None]] = []  # (n_target, D, budget)
+    for n in sweep.sizes:
+        shape_cfg = dataclasses.replace(
+            base.model, **shape_for(n, sweep.aspect, sweep.head_dim, sweep.min_layers)
+        )
+        if sweep.kind == "grid":
+            points += [(n, int(d), None) for d in sweep.tokens]
+        else:
+            fpt = flops.flops_per_token(shape_cfg, base.train.seq_len)[sweep.flops_convention]
+            n_real = flops.count_params(shape_cfg)["non_embedding"]
+            points += [
+                (n, int(c / fpt), c)
+                for c in sweep.budgets
+                if sweep.min_tokens_per_param <= c / fpt / n_real <= sweep.max_tokens_per_param
+            ]
+
+    members: list[Member] = []
+    by_size: dict[float, list[tuple[int, float | None]]] = {}
+    for n, d, c in points:
+        by_size.setdefault(n, []).append((d, c))
+    for n, ds in by_size.items():
+        ds = sorted(ds)
+        steps_of = [max(1, round(d / tpb)) for d, _ in ds]
+        warmup = min(max(100, round(n / tpb)), max(1, steps_of[0] // 4))
+        tag = f"N{n:.3g}"
+        longest = max(steps_of)
+        trunk_name = f"{tag}-D{ds[-1][0]:.3g}"
+        for (d, c), steps in sorted(zip(ds, steps_of, strict=True), key=lambda x: -x[1]):
+            cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, sweep.schedule)
+            name = f"{tag}-D{d:.3g}"
+            if any(m.name == name for m in members):
+                continue  # two budgets rounding to the same step count
+            branch = sweep.schedule == "wsd" and steps != longest
+            bstep = steps - int(steps * sweep.cooldown_fraction) if branch else None
+            members.append(_member(name, cfg, n, c, trunk_name if branch else None, bstep, "main"))
+        smallest = min(by_size) == n
+        if smallest and sweep.seeds > 1:
+            for s in range(1, sweep.seeds):
+                cfg = _member_cfg(sweep, n, longest, warmup, base.train.seed + s, sweep.schedule)
+                members.append(_member(f"{trunk_name}-seed{s}", cfg, n, None,
+                                       None, None, "seed"))  # fmt: skip
+        if smallest and sweep.compare_cosine and sweep.schedule == "wsd":
+            for (d, _), steps in zip(ds, steps_of, strict=True):
+                if steps == longest:
+                    continue
+                cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, "cosine")
+                members.append(
+                    _member(f"{tag}-D{d:.3g}-cosine", cfg, n, None, None, None, "cosine")
+                )
+    return members
+
+
+def _member(name, cfg, n, budget, trunk, bstep, group) -> Member:
+    counts = flops.count_params(cfg.model)
+    D = cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
+    return Member(name, cfg, n, counts["non_embedding"], counts["total"], D, budget, trunk,
+                  bstep, group)  # fmt: skip
+
+
+def compute(m: Member) -> dict[str, float]:
+    fpt = flops.flops_per_token(m.cfg.model, m.cfg.train.seq_len)
+    return {f"C_{k}": v * m.D for k, v in fpt.items()}
+
+
+# ---------------------------------------------------------------- running
+
+
+def _done(run_dir: Path) -> dict | None:
+    p = run_dir / DONE_FILE
+    if p.is_file():
+        try:
+            return json.loads(p.read_text())
+        except ValueError:
+            return None
+    return None
+
+
+def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_fn=print) -> dict:
+    from tqdm import tqdm
+
+    from lm import loop
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    members = plan(sweep)
+    (out / "sweep.json").write_text(json.dumps(dataclasses.asdict(sweep), indent=1))
+    by_name = {m.name: m for m in members}
+    cost = {m.name: m.cfg.train.steps - (m.branch_step or 0) for m in members}
+    work = {m.name: cost[m.name] * flops.flops_per_token(m.cfg.model, m.cfg.train.seq_len)[
+        "hardware"] * m.cfg.train.batch_size * m.cfg.train.seq_len for m in members}  # fmt: skip
+    t_start = time.perf_counter()
+    bar = tqdm(
+        total=sum(work.values()) / 1e12, unit="TFLOP", desc=f"sweep {sweep.name}",
+        disable=not progress, position=0, dynamic_ncols=True, bar_format=(
+            "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} TFLOP "
+            "[{elapsed}<{remaining}] {postfix}"
+        ),
+    )  # fmt: skip
+    timings: dict[str, float] = {}
+    skipped = 0
+
+    def run_member(m: Member, stop_after: int | None = None) -> None:
+        nonlocal skipped
+        run_dir = out / "runs" / m.name
+        if _done(run_dir):
+            if stop_after is None:
+                skipped += 1
+                bar.update(work[m.name] / 1e12)
+            return
+        bar.set_postfix_str(m.name)
+        init_from = (out / "runs" / m.trunk, m.branch_step) if m.trunk else None
+        t0 = time.perf_counter()
+        summary = loop.train_run(
+            m.cfg, run_dir, progress=progress, init_from=init_from, stop_after=stop_after,
+            print_fn=lambda *_: None, bar_position=1,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        for k, v in summary["timings"].items():
+            timings[k] = timings.get(k, 0.0) + v
+        # Wall time accumulates over the segments a trunk is trained in, and over resumes.
+        wall_file = run_dir / "wall_s.json"
+        prev = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
+        wall_file.write_text(json.dumps({"wall_s": prev + wall}))
+        if stop_after is not None:
+            return
+        record = {
+            "name": m.name,
+            "val_loss": summary["val_loss"],
+            "val_loss_se": summary["val_loss_se"],
+            "val_bpb": summary["val_bpb"],
+            "wall_s": prev + wall,
+            "timings": summary["timings"],
+        }
+        tmp = run_dir / (DONE_FILE + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(run_dir / DONE_FILE)
+        bar.update(work[m.name] / 1e12)
+
+    # A trunk is trained up to each branch point in turn (its latest checkpoint is then exactly
+    # where the branch starts), the branch is trained, and the trunk goes on.
+    for m in members:
+        if m.trunk is not None:
+            continue
+        branches = sorted((b for b in members if b.trunk == m.name), key=lambda b: b.branch_step)
+        for b in branches:
+            if not _done(out / "runs" / b.name):
+                run_member(m, stop_after=b.branch_step)
+            run_member(b)
+        run_member(m)
+    bar.close()
+    rows = results_rows(sweep, members, out)
+    write_csv(out / "results.csv", rows)
+    write_csv(out / "curves.csv", curve_rows(members, out))
+    total = time.perf_counter() - t_start
+    run_wall = sum(r["wall_s"] for r in rows)
+    print_fn(
+        f"{len(members)} members ({skipped} already done) -> {out / 'results.csv'}; "
+        f"this invocation {total:.0f} s"
+    )
+    return {"rows": rows, "members": by_name, "timings": timings, "wall_s": total,
+            "run_wall_s": run_wall}  # fmt: skip
+
+
+def results_rows(sweep: SweepConfig, members: list[Member], out: Path) -> list[dict]:
+    rows = []
+    for m in members:
+        rec = _done(out / "runs" / m.name)
+        if rec is None:
+            continue
+        c = compute(m)
+        t = m.cfg.train
+        rows.append(
+            {
+                "name": m.name,
+                "group": m.group,
+                "N": m.N,
+                "N_total": m.N_total,
+                "D": m.D,
+                "C": c[f"C_{sweep.flops_convention}"],
+                **c,
+                "loss": rec["val_loss"],
+                "loss_se": rec["val_loss_se"],
+                "bpb": rec["val_bpb"],
+                "wall_s": rec["wall_s"],
+                "budget": m.budget if m.budget is not None else "",
+                "n_layers": m.cfg.model.n_layers,
+                "d_model": m.cfg.model.d_model,
+                "n_heads": m.cfg.model.n_heads,
+                "lr": t.lr,
+                "warmup_steps": t.warmup_steps,
+                "steps": t.steps,
+                "seed": t.seed,
+                "schedule": t.schedule,
+                "branch_of": m.trunk or "",
+                "branch_step": m.branch_step or "",
+            }
+        )
+    return rows
+
+
+def curve_rows(members: list[Member], out: Path) -> list[dict]:
+    """Every logged training loss of every main member: the curves approach 1 envelopes."""
+    rows = []
+    for m in members:
+        if m.group != "main":
+            continue
+        path = out / "runs" / m.name / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        fpt = flops.flops_per_token(m.cfg.model, m.cfg.train.seq_len)
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if "train_loss" in rec and rec["tokens"] > 0:
+                d = rec["tokens"]
+                rows.append({"name": m.name, "N": m.N, "N_total": m.N_total, "D": d,
+                             "C": fpt["6N"] * d, "loss": rec["train_loss"]})  # fmt: skip
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) -> list[Member]:
+    members = plan(sweep)
+    base = config_lib.from_dict(sweep.base)
+    peak = peak or base.train.peak_flops  # the target machine's, when the sweep file says
+    if peak is None:
+        from lm.peak import peak_flops
+
+        peak = peak_flops(base.data.cache_dir)
+    rate = peak * sweep.mfu_estimate
+    print_fn(
+        f"{'member':<28} {'group':<6} {'L':>3} {'d':>5} {'N':>10} {'D':>12} {'steps':>6} "
+        f"{'C_' + sweep.flops_convention:>10} {'est_s':>7}"
+    )
+    total_s = total_c = 0.0
+    for m in members:
+        c = compute(m)
+        run_steps = m.cfg.train.steps - (m.branch_step or 0)
+        est = c["C_hardware"] * run_steps / m.cfg.train.steps / rate
+        total_s += est
+        total_c += c["C_hardware"] * run_steps / m.cfg.train.steps
+        branch = f"  <- {m.trunk} @ {m.branch_step}" if m.trunk else ""
+        print_fn(
+            f"{m.name:<28} {m.group:<6} {m.cfg.model.n_layers:>3} {m.cfg.model.d_model:>5} "
+            f"{m.N:>10,} {m.D:>12,} {m.cfg.train.steps:>6} "
+            f"{c['C_' + sweep.flops_convention]:>10.3g} {est:>7.0f}{branch}"
+        )
+    cs = [compute(m)["C_" + sweep.flops_convention] for m in members if m.group == "main"]
+    print_fn(
+        f"{len(members)} members; compute spans {math.log10(max(cs) / min(cs)):.2f} decades; "
+        f"{total_c:.3e} FLOPs to train (hardware count); estimated {total_s / 60:.1f} min at "
+        f"{sweep.mfu_estimate:.0%} of {peak / 1e9:.0f} GFLOP/s"
+    )
+    return members
+
+
+def cmd_plan(args) -> int:
+    print_plan(load_sweep(args.file, args.set))
+    return 0
+
+
+def cmd_run(args) -> int:
+    sweep = load_sweep(args.file, args.set)
+    from lm.scaling import report
+
+    t0 = time.perf_counter()
+    res = run_sweep(sweep, args.out, progress=not args.no_progress)
+    t1 = time.perf_counter()
+    report.write_report(Path(args.out), sweep, print_fn=print)
+    post = time.perf_counter() - t1
+    tm = res["timings"]
+    train_s = tm.get("train", 0.0)
+    wall = time.perf_counter() - t0
+    other = wall - train_s
+    print(
+        f"time: {wall:.0f} s in all; train steps {train_s:.0f} s ({train_s / wall:.0%}); "
+        f"not train steps {other:.0f} s ({other / wall:.0%}): compile {tm.get('compile', 0):.0f} s,"
+        f" eval {tm.get('eval', 0):.0f} s, checkpoints {tm.get('checkpoint', 0):.0f} s, "
+        f"setup {tm.get('setup', 0):.0f} s, fits+plots {post:.0f} s"
+    )
+    return 0
+
+
+def add_sweep_parser(sub) -> None:
+    sw = sub.add_parser("sweep", help="scaling sweeps over model size and data size")
+    ssub = sw.add_subparsers(dest="sweep_command", required=True)
+    r = ssub.add_parser(
+        "run",
+        help="run every member (rerun to resume), then fit and plot",
+        description="Run a sweep file; rerunning skips finished members and resumes the rest.",
+    )
+    r.add_argument("file", help="sweep file, e.g. configs/sweeps/cpu-tiny.yaml")
+    r.add_argument("--out", required=True, help="sweep directory")
+    r.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override sweep keys, e.g. --set seeds=1 base.train.batch_size=16",
+    )
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_run)
+    p = ssub.add_parser("plan", help="print members, FLOPs and estimated wall time; no training")
+    p.add_argument("file")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_plan)
