@@ -41,6 +41,29 @@ def _load_config(args):
 # ---------------------------------------------------------------- train / eval
 
 
+def init_distributed(args) -> None:
+    """Join a multi-process run before JAX touches a device.
+
+    TPU pod slices and SLURM/GPU clusters are detected by `jax.distributed.initialize()` itself
+    (`--distributed`); elsewhere give the coordinator, process count and id as flags or as
+    LM_COORDINATOR, LM_NUM_PROCESSES and LM_PROCESS_ID."""
+    import os
+
+    coord = args.coordinator or os.environ.get("LM_COORDINATOR")
+    if coord:
+        import jax
+
+        n = args.num_processes or os.environ.get("LM_NUM_PROCESSES")
+        i = args.process_id if args.process_id is not None else os.environ.get("LM_PROCESS_ID")
+        if n is None or i is None:
+            raise UsageError("--coordinator needs --num-processes and --process-id")
+        jax.distributed.initialize(coord, num_processes=int(n), process_id=int(i))
+    elif args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+
+
 def cmd_train(args) -> int:
     from lm import config as config_lib
     from lm import loop
@@ -53,6 +76,7 @@ def cmd_train(args) -> int:
         cfg = config_lib.load(saved, args.set)
     else:
         cfg = _load_config(args)
+    init_distributed(args)
     if args.dry_run:
         from lm import dryrun
 
@@ -76,7 +100,10 @@ def cmd_train(args) -> int:
         return 0
     summary = loop.train_run(cfg, run_dir, progress=not args.no_progress)
     if args.sample_tokens > 0:
-        _print_sample(cfg, summary["state"]["params"], summary["tokenizer"], args)
+        import jax
+
+        if jax.process_count() == 1:  # on a pod, sample afterwards with `lm sample`
+            _print_sample(cfg, summary["state"]["params"], summary["tokenizer"], args)
     return 0
 
 
@@ -199,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--prompt", default="", help="prompt for the final sample")
     t.add_argument("--temperature", type=float, default=0.8, help="for the final sample")
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: jax.distributed.initialize() with autodetection (TPU pods, SLURM)",
+    )
+    t.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT (or LM_COORDINATOR)")
+    t.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    t.add_argument("--process-id", type=int, help="multi-host: this process's id, 0-based")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="validation loss and bits/byte of a run's checkpoint")
@@ -244,6 +279,12 @@ def _add_optional(sub) -> None:
         sc = sub.add_parser("scaling", help="fit and plot scaling laws from runs")
         ssub = sc.add_subparsers(dest="scaling_command", required=True)
         add_fit_parser(ssub)
+        try:
+            from lm.scaling.report import add_plot_parser
+        except ImportError:
+            add_plot_parser = None
+        if add_plot_parser is not None:
+            add_plot_parser(ssub)
     from lm.scaling.sweep import add_sweep_parser
 
     add_sweep_parser(sub)

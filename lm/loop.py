@@ -31,7 +31,7 @@ from lm import config as config_lib
 from lm.config import Config, ConfigError
 from lm.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer
 
-# Keys that may differ when a run is resumed: they change what is logged, not what is learned.
+# Keys that may differ when a run is resumed: they change how it runs, not what is learned.
 RESUMABLE_KEYS = {
     "train.log_every",
     "train.eval_every",
@@ -41,6 +41,11 @@ RESUMABLE_KEYS = {
     "train.sample_tokens",
     "train.peak_flops",
     "data.cache_dir",
+    "train.steps_per_call",
+    # a checkpoint restores onto any mesh
+    "mesh.data",
+    "mesh.fsdp",
+    "mesh.tensor",
 }
 
 
@@ -364,7 +369,8 @@ def train_run(
 
     try:
         for s0, n in starts:
-            batch = jax.device_put(prefetch.get(s0), batch_shard)
+            # Each process holds only its rows of the global batch.
+            batch = jax.make_array_from_process_local_data(batch_shard, prefetch.get(s0))
             c0 = timings["compile"]
             fn = compiled_step(batch)
             window_t0 += timings["compile"] - c0  # tokens/s counts steps, not compiles

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -203,8 +204,17 @@ def make_eval_step(cfg: Config, mesh: Mesh):
         nbytes_BT = token_bytes_V[windows_BT1[:, 1:]]
         return losses_BT.sum(-1), nbytes_BT.sum(-1)
 
-    return jax.jit(
+    win_shard = sharding.batch_sharding(mesh, 2, 0)
+    jitted = jax.jit(
         eval_step,
-        in_shardings=(p_shard, sharding.batch_sharding(mesh, 2, 0), sharding.replicated(mesh)),
+        in_shardings=(p_shard, win_shard, sharding.replicated(mesh)),
         out_shardings=sharding.replicated(mesh),
     )
+
+    def run(params, windows_BT1, token_bytes_V):
+        # Every process holds all the (fixed) windows; each device takes its rows.
+        w = np.asarray(windows_BT1)
+        w = jax.make_array_from_callback(w.shape, win_shard, lambda idx: w[idx])
+        return jitted(params, w, token_bytes_V)
+
+    return run

@@ -1,0 +1,39 @@
+"""Run by tests/test_sharding.py in a fresh process (device count must be set before JAX
+starts): train a tiny model on a given mesh and print its losses as one JSON line."""
+
+import json
+import sys
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    import jax
+
+    if args.get("coordinator"):
+        jax.distributed.initialize(
+            args["coordinator"], num_processes=args["num_processes"], process_id=args["process_id"]
+        )
+    from lm import config, loop
+
+    cfg = config.load(None, args["overrides"])
+    out = loop.train_run(
+        cfg, args["run_dir"], progress=False, stop_after=args.get("stop_after"),
+        print_fn=lambda *_: None,
+    )  # fmt: skip
+    if jax.process_index() == 0:
+        lines = [json.loads(x) for x in open(f"{args['run_dir']}/metrics.jsonl")]
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "train": [r["train_loss"] for r in lines if "train_loss" in r],
+                    "val": [r["val_loss"] for r in lines if "val_loss" in r],
+                    "devices": jax.device_count(),
+                    "step": out["step"],
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
