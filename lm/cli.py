@@ -326,4 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the package, so `python -m lm.cli` and the `lm` script share one UsageError class.
+    from lm.cli import main as _main
+
+    sys.exit(_main())

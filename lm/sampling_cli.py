@@ -1,0 +1,303 @@
+"""`lm sample`, `lm inspect`, `lm embed-sim` and `lm export`: using a trained model.
+
+`--run` takes a run directory or a model file written by `lm export`. Arguments are checked
+(before jax is imported or a checkpoint read) and bad ones end with one line on stderr and
+exit status 2, through `lm.cli.UsageError`. This module imports no jax at import time: `lm`
+builds every parser on each start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from lm.run import (
+    DEFAULT_NEW_TOKENS,
+    ModelFileError,
+    RequestError,
+    decoder,
+    new_token_budget,
+    read_model_file,
+    stream_text,
+)
+
+CONTEXT_HELP = (
+    "Context: the prompt's tokens plus BOS plus --max-new-tokens must fit in the model's "
+    "max_seq_len (its context length; bigram runs have no limit). Without --max-new-tokens, "
+    f"as many tokens as fit are generated, up to {DEFAULT_NEW_TOKENS}; an explicit value "
+    "that does not fit, or a prompt that alone fills the context, is an error."
+)
+RUN_HELP = "run directory (its latest checkpoint), or a model file from `lm export`"
+
+
+def _usage(msg: str):
+    from lm.cli import UsageError
+
+    return UsageError(msg)
+
+
+# ---------------------------------------------------------------- opening a run
+
+
+def _has_checkpoint(run: Path) -> bool:
+    # orbax names each finished step's directory by its number (unfinished ones are temporary)
+    d = run / "checkpoints"
+    return d.is_dir() and any(p.name.isdigit() and p.is_dir() for p in d.iterdir())
+
+
+def open_run(run: str) -> tuple[Any, Any, Any]:
+    """(config, tokenizer, load) for --run: cheap checks now (no jax); load() -> params."""
+    from lm import config as config_lib
+    from lm.tokenizer import load_tokenizer
+
+    path = Path(run).expanduser()
+    if path.is_file():
+        from lm import export
+
+        try:
+            cfg, params, tok = export.load(path)
+        except ModelFileError as e:
+            raise _usage(str(e)) from None
+        return cfg, tok, lambda: params
+    if not path.is_dir():
+        raise _usage(f"--run {run}: no such run directory or model file")
+    if not (path / "config.yaml").is_file():
+        raise _usage(f"--run {run}: not a run directory (no config.yaml)")
+    cfg = config_lib.load(path / "config.yaml")
+    try:
+        tok = load_tokenizer(path)
+    except ValueError as e:
+        raise _usage(f"--run {run}: {e}") from None
+    if cfg.kind == "bigram":
+        from lm.bigram import TABLE_FILE
+
+        if not (path / TABLE_FILE).is_file():
+            raise _usage(f"--run {run}: no {TABLE_FILE} (the bigram run has not finished)")
+
+        def load_table():
+            from lm import bigram
+
+            try:
+                return {"bigram": bigram.load(path)}
+            except ValueError as e:
+                raise _usage(str(e)) from None
+
+        return cfg, tok, load_table
+    if not _has_checkpoint(path):
+        raise _usage(f"--run {run}: no checkpoint yet (train it first)")
+
+    def load_params():
+        from lm import checkpoint
+
+        # orbax logs four warnings about read-only mode on every restore; they are noise here
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        try:
+            return checkpoint.load_run(path)[1]
+        except FileNotFoundError as e:
+            raise _usage(f"--run {run}: {e}") from None
+
+    return cfg, tok, load_params
+
+
+def _encode(tok, prompt: str) -> list[int]:
+    """BOS, then the prompt's tokens (an empty prompt is just BOS, as documents begin)."""
+    try:
+        return [tok.bos_id, *tok.encode(prompt)]
+    except ValueError as e:  # text with lone surrogates has no UTF-8 form
+        raise _usage(f"--prompt: {e}") from None
+
+
+def _need_transformer(cfg, run: str, what: str) -> None:
+    if cfg.kind != "transformer":
+        raise _usage(f"--run {run}: a {cfg.kind} run has no layers or embeddings to {what}")
+
+
+# ---------------------------------------------------------------- sample
+
+
+def check_sampling(args) -> None:
+    """One line naming the flag for each bad sampling value (before anything is loaded)."""
+    t = args.temperature
+    if not (math.isfinite(t) and t >= 0):
+        raise _usage(f"--temperature {t}: must be >= 0 (0 means greedy)")
+    if args.top_k is not None and args.top_k < 1:
+        raise _usage(f"--top-k {args.top_k}: must be >= 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise _usage(f"--top-p {args.top_p}: must be in (0, 1]")
+    if args.min_p is not None and not 0 <= args.min_p < 1:
+        raise _usage(f"--min-p {args.min_p}: must be in [0, 1)")
+    if args.num_samples < 1:
+        raise _usage(f"--num-samples {args.num_samples}: must be >= 1")
+
+
+def cmd_sample(args) -> int:
+    check_sampling(args)
+    cfg, tok, load = open_run(args.run)
+    prompt = _encode(tok, args.prompt)
+    limit = None if cfg.kind == "bigram" else cfg.model.max_seq_len
+    try:
+        n = new_token_budget(len(prompt), limit, args.max_new_tokens)
+    except RequestError as e:
+        raise _usage(str(e)) from None
+    params = load()
+    import jax
+
+    from lm import bigram, sampling
+
+    opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    opts |= dict(min_p=args.min_p, eos_id=tok.eos_id)
+    for i in range(args.num_samples):
+        key = jax.random.fold_in(jax.random.PRNGKey(args.seed), i)
+        if args.num_samples > 1:
+            print(f"{'' if i == 0 else chr(10)}--- sample {i + 1} of {args.num_samples} ---")
+        if cfg.kind == "bigram":  # the table samples in one on-device scan; nothing to stream
+            chunks: Any = [bigram.generate(params["bigram"], prompt, key, n, **opts)]
+        else:
+            stream = sampling.stream_generate(
+                params, cfg.model, [prompt], key, n, pad_id=tok.pad_id, chunk_size=8, **opts
+            )
+            chunks = (rows[0] for rows in stream)
+        print(args.prompt, end="", flush=True)
+        for text in stream_text(decoder(tok), chunks):
+            print(text, end="", flush=True)
+        print()
+    return 0
+
+
+# ---------------------------------------------------------------- inspect, embed-sim, export
+
+
+def cmd_inspect(args) -> int:
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise _usage(f"--temperature {args.temperature}: must be >= 0 (0 means greedy)")
+    cfg, tok, load = open_run(args.run)
+    _need_transformer(cfg, args.run, "inspect")
+    prompt = _encode(tok, args.prompt)
+    if len(prompt) > cfg.model.max_seq_len:
+        raise _usage(
+            f"--prompt is {len(prompt)} tokens (with BOS), more than the model's context "
+            f"(max_seq_len) of {cfg.model.max_seq_len}"
+        )
+    out = Path(args.out) if args.out else _default_out(args.run, "inspect")
+    from lm import inspect
+
+    inspect.explain(cfg, load(), tok, args.prompt, args.temperature, args.seed, out, args.tokens)
+    return 0
+
+
+def _default_out(run: str, name: str) -> Path:
+    p = Path(run)
+    return p / name if p.is_dir() else p.with_name(f"{p.stem}-{name}")
+
+
+def cmd_embed_sim(args) -> int:
+    cfg, tok, load = open_run(args.run)
+    _need_transformer(cfg, args.run, "compare")
+    for w in args.words:
+        if not w or not tok.encode(w):
+            raise _usage(f"word {w!r}: encodes to no tokens")
+    from lm import inspect
+
+    png = Path(args.out) if args.out else _default_out(args.run, "embed_sim") / "pca.png"
+    result = inspect.embedding_similarity(load(), tok, args.words, png)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print("cosine similarity of token embeddings (mean over each word's tokens):")
+    print(inspect.format_similarity(result))
+    ev = result["explained_variance"]
+    print(f"PCA scatter ({ev[0]:.0%} + {ev[1]:.0%} of the variance): {result['png']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lm import export
+
+    if Path(args.run).is_file():
+        raise _usage(f"--run {args.run}: is a file already; export needs a run directory")
+    cfg, _, _ = open_run(args.run)  # the checks sample makes: a checkpoint or table exists
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    path = export.export(Path(args.run), args.out)
+    meta, tensors = read_model_file(path)  # read it back: what was written must load
+    n = sum(v.size for k, v in tensors.items() if k != "tokenizer.proto")
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {cfg.kind}, {n:,} parameters, "
+        f"{meta['tokenizer']} tokenizer, format {meta['format']} v{meta['format_version']}"
+    )
+    print(f'run it without jax: python -m lm.run {path} "your prompt"')
+    return 0
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def add_parsers(sub: Any) -> None:
+    """Register sample, inspect, embed-sim and export on the `lm` subparsers."""
+    s = sub.add_parser(
+        "sample",
+        help="generate text from a trained run, streamed as it is generated",
+        description="Continue a prompt with a trained model (or a bigram run), printing the "
+        "text as it is generated. The prompt is preceded by BOS, as documents are in training; "
+        "an empty prompt samples a document from its start. Filters apply in the order "
+        "temperature, top-k, top-p, min-p.",
+        epilog=CONTEXT_HELP,
+    )
+    s.add_argument("--run", required=True, help=RUN_HELP)
+    s.add_argument("--prompt", default="", help="text to continue (default: empty, just BOS)")
+    s.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
+    s.add_argument("--top-k", type=int, help="keep the k likeliest tokens (k >= 1)")
+    s.add_argument("--top-p", type=float, help="nucleus: the smallest top set with mass >= p")
+    s.add_argument("--min-p", type=float, help="keep tokens with prob >= min_p * the top prob")
+    s.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help=f"tokens to generate (default: as many as fit, up to {DEFAULT_NEW_TOKENS})",
+    )
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--num-samples", type=int, default=1, help="independent samples (default 1)")
+    s.set_defaults(func=cmd_sample)
+
+    i = sub.add_parser(
+        "inspect",
+        help="walk one next-token prediction step by step, with figures",
+        description="Show how the model predicts the token after --prompt: the tokens, the "
+        "embedding lookup, each layer's output and attention pattern (heatmap PNGs), the "
+        "logits and the top-10 next tokens (table and bar chart), and the greedy choice "
+        "against a sampled one, with a short continuation.",
+        epilog="The prompt (with BOS) must fit in the model's max_seq_len.",
+    )
+    i.add_argument("--run", required=True, help=RUN_HELP)
+    i.add_argument("--prompt", default="", help="text whose next token to explain")
+    i.add_argument("--temperature", type=float, default=0.8, help="for the sampled choice")
+    i.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    i.add_argument("--tokens", type=int, default=40, help="continuation length (default 40)")
+    i.add_argument("--out", help="directory for the PNGs (default: RUN/inspect)")
+    i.set_defaults(func=cmd_inspect)
+
+    e = sub.add_parser(
+        "embed-sim",
+        help="cosine similarity of words' token embeddings, and a 2-D PCA plot",
+        description="Compare words by the model's input embeddings: each word is the mean of "
+        "its tokens' embedding rows. Prints the pairwise cosine similarity matrix and plots the "
+        "words on their first two principal components (numpy SVD).",
+    )
+    e.add_argument("--run", required=True, help=RUN_HELP)
+    e.add_argument("words", nargs="+", help="words (or any strings) to compare")
+    e.add_argument("--out", help="PNG path for the PCA scatter (default: RUN/embed_sim/pca.png)")
+    e.add_argument("--json", action="store_true", help="print the numbers as JSON instead")
+    e.set_defaults(func=cmd_embed_sim)
+
+    x = sub.add_parser(
+        "export",
+        help="write a run as one self-describing model file (safetensors)",
+        description="Write the run's latest checkpoint (or bigram table), its tokenizer and "
+        "its config into one safetensors file, no pickle. Run it with numpy alone: "
+        "python -m lm.run FILE 'prompt'; load it in JAX with lm.export.load(FILE); or pass it "
+        "as --run to sample, inspect and embed-sim.",
+    )
+    x.add_argument("--run", required=True, help="run directory")
+    x.add_argument("--out", required=True, help="file to write, e.g. model.lm")
+    x.set_defaults(func=cmd_export)
