@@ -16,9 +16,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lm.scaling import fit as F
+from lm.scaling import APPROACHES, DEFAULT_BUDGET_TOL
+
+if TYPE_CHECKING:
+    from lm.scaling.fit import Runs
 
 
 def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
@@ -30,7 +33,7 @@ def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
         "Hoffmann et al. 2022 approaches 1-3. Writes JSON and prints a table.",
     )
     p.add_argument("--runs", required=True, type=Path, help="CSV with one row per run/checkpoint")
-    p.add_argument("--approach", required=True, choices=F.APPROACHES)
+    p.add_argument("--approach", required=True, choices=APPROACHES)
     p.add_argument(
         "--bootstrap",
         type=int,
@@ -52,7 +55,7 @@ def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--budget-tol",
         type=float,
-        default=F.DEFAULT_BUDGET_TOL,
+        default=DEFAULT_BUDGET_TOL,
         help="relative tolerance grouping rows into compute budgets (default %(default)s)",
     )
     p.add_argument(
@@ -64,8 +67,10 @@ def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def read_runs(path: Path, n_col: str, d_col: str, loss_col: str, flops_col: str | None) -> F.Runs:
+def read_runs(path: Path, n_col: str, d_col: str, loss_col: str, flops_col: str | None) -> Runs:
     """Read and validate the CSV; raises FitError with one line naming the file, row, column."""
+    from lm.scaling import fit as F
+
     if not path.is_file():
         raise F.FitError(f"runs file not found: {path}")
     try:
@@ -174,6 +179,8 @@ def format_table(out: dict[str, Any], params: list[str]) -> str:
 
 def run_fit(args: argparse.Namespace) -> int:
     """Read, fit, write JSON, print the table. Returns 0, or 2 on bad input."""
+    from lm.scaling import fit as F
+
     try:
         runs = read_runs(
             args.runs, args.n_column, args.d_column, args.loss_column, args.flops_column

@@ -44,13 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
-APPROACHES = ("kaplan", "1", "2", "3")
-
-# Relative tolerance for "the same compute budget": rows whose C lie within 10% of the first
-# (smallest) C of a group share a budget. IsoFLOP grids are usually spaced by >= 1.5x (Chinchilla
-# used 6e18, 1e19, 3e19, ...), and "6ND" accounting differs from the planned budget by a few
-# percent, so 10% separates budgets without splitting one.
-DEFAULT_BUDGET_TOL = 0.10
+from lm.scaling import APPROACHES, DEFAULT_BUDGET_TOL  # noqa: F401  (re-exported)
 
 # Approach 3 (Hoffmann et al. 2022, appendix D.2): Huber delta for the log-space residuals.
 HUBER_DELTA = 1e-3
