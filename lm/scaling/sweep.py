@@ -459,7 +459,10 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from lm.cli import init_distributed
+
     sweep = load_sweep(args.file, args.set)
+    init_distributed(args)
     from lm.scaling import report
 
     t0 = time.perf_counter()
@@ -499,6 +502,14 @@ def add_sweep_parser(sub) -> None:
         help="override sweep keys, e.g. --set seeds=1 base.train.batch_size=16",
     )
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: jax.distributed.initialize() with autodetection",
+    )
+    r.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
+    r.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    r.add_argument("--process-id", type=int, help="multi-host: this process's id")
     r.set_defaults(func=cmd_run)
     p = ssub.add_parser("plan", help="print members, FLOPs and estimated wall time; no training")
     p.add_argument("file")
