@@ -237,6 +237,9 @@ def train_run(
         from lm.peak import peak_flops
 
         peak = peak_flops(cfg.data.cache_dir)
+    peak_source = "train.peak_flops" if t_cfg.peak_flops else (
+        f"measured once, cached in {Path(cfg.data.cache_dir).expanduser() / 'peak_flops.json'}"
+    )  # fmt: skip
     uni = unigram_entropy(tokens.train, tokens.val, cfg.model.vocab_size)
 
     mesh = sharding.make_mesh(cfg.mesh)
@@ -267,7 +270,8 @@ def train_run(
             f"{t_cfg.steps}: N={counts['non_embedding']:,} non-embedding "
             f"({counts['total']:,} total) params, {total_tokens:,} tokens "
             f"({epochs:.2f} epochs of {n_train:,}), vocab {tok.vocab_size}, "
-            f"unigram entropy {uni:.4f} nats/token"
+            f"unigram entropy {uni:.4f} nats/token; MFU against {peak / 1e9:.0f} GFLOP/s "
+            f"({peak_source})"
         )
         if epochs > 4:
             print_fn(f"warning: {epochs:.1f} epochs of the training split (over 4 repeats)")
