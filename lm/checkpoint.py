@@ -22,6 +22,10 @@ CONFIG_FILE = "config.yaml"
 
 
 def manager(run_dir: str | Path, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    if read_only:  # orbax warns at length that a read-only manager will not save
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
     opts = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only, cleanup_tmp_directories=True
     )
