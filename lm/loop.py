@@ -264,6 +264,10 @@ def train_run(
     else:
         state = train.create_state(cfg, opt, mesh)
         start = 0
+    # This run's schedule, also after a restore: a branch continues its trunk's state under its
+    # own (shorter) schedule; a plain resume writes the same numbers back.
+    rep = sharding.replicated(mesh)
+    state["schedule"] = jax.device_put(train.schedule_params(t_cfg), rep)
     if is_main:
         print_fn(
             f"{'resuming' if resuming and start else 'training'} {run_dir} at step {start}/"

@@ -1,8 +1,10 @@
 """The train step: loss, optimizer, schedules, and a pure jitted `train_step(state, batch)`.
 
-The state that changes is one pytree, `{"params", "opt_state", "step", "rng"}`, passed in and
-returned (its buffers donated). `rng` is the run's base key; anything random at step s uses
-`fold_in(rng, s)`, so a resumed run draws exactly what an uninterrupted one would.
+The state that changes is one pytree, `{"params", "opt_state", "step", "rng", "schedule"}`,
+passed in and returned (its buffers donated). `schedule` holds the learning-rate schedule's
+numbers, so runs that differ only in length or rate share one compiled step. `rng` is the run's
+base key; anything random at step s uses `fold_in(rng, s)`, so a resumed run draws exactly what
+an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -26,33 +28,42 @@ State = dict[str, Any]
 # ---------------------------------------------------------------- schedules
 
 
-def lr_schedule(t: TrainConfig, decay_start: int | None = None) -> Callable[[Any], Any]:
-    """Learning rate at an optimizer step (0-based): linear warmup, then cosine or WSD.
+_KINDS = {"constant": 0.0, "cosine": 1.0, "wsd": 2.0}
 
-    WSD (warmup-stable-decay; Hägele et al. 2024, arXiv:2405.18392) holds the peak and then
-    decays over the last `decay_fraction` of the steps with their 1-sqrt shape. `decay_start`
-    overrides where that decay begins, to branch a cooldown off the stable phase.
-    """
-    peak, floor, warm, total = t.lr, t.lr * t.min_lr_ratio, t.warmup_steps, t.steps
 
-    def schedule(step):
-        s = jnp.asarray(step, jnp.float32)
-        warmup = peak * jnp.minimum(1.0, (s + 1) / max(warm, 1))
-        if t.schedule == "constant":
-            after = jnp.full_like(s, peak)
-        elif t.schedule == "cosine":
-            frac = jnp.clip((s - warm) / max(total - warm, 1), 0.0, 1.0)
-            after = floor + (peak - floor) * 0.5 * (1 + jnp.cos(math.pi * frac))
-        else:
-            start = (
-                decay_start if decay_start is not None else total - int(total * t.decay_fraction)
-            )
-            n = max(total - start, 1)
-            frac = jnp.clip((s - start + 1) / n, 0.0, 1.0)
-            after = floor + (peak - floor) * (1 - jnp.sqrt(frac))
-        return jnp.where(s < warm, warmup, after)
+def schedule_params(t: TrainConfig) -> dict[str, jax.Array]:
+    """The schedule as numbers, carried in the state rather than baked into the compiled step:
+    runs that differ only in length or learning rate (a sweep's branches) share one program."""
+    vals = {
+        "peak": t.lr,
+        "floor": t.lr * t.min_lr_ratio,
+        "warmup": t.warmup_steps,
+        "total": t.steps,
+        "decay_start": t.steps - int(t.steps * t.decay_fraction),
+        "kind": _KINDS[t.schedule],
+    }
+    return {k: jnp.asarray(v, jnp.float32) for k, v in vals.items()}
 
-    return schedule
+
+def lr_at(step, p: dict[str, Any]):
+    """Learning rate at an optimizer step (0-based): linear warmup, then constant, cosine, or
+    WSD (warmup-stable-decay; Hägele et al. 2024, arXiv:2405.18392), which holds the peak and
+    decays over the last `decay_fraction` of the steps with their 1-sqrt shape."""
+    s = jnp.asarray(step, jnp.float32)
+    peak, floor, warm, total = p["peak"], p["floor"], p["warmup"], p["total"]
+    warmup = peak * jnp.minimum(1.0, (s + 1) / jnp.maximum(warm, 1.0))
+    frac_cos = jnp.clip((s - warm) / jnp.maximum(total - warm, 1.0), 0.0, 1.0)
+    cosine = floor + (peak - floor) * 0.5 * (1 + jnp.cos(math.pi * frac_cos))
+    start = p["decay_start"]
+    frac_wsd = jnp.clip((s - start + 1) / jnp.maximum(total - start, 1.0), 0.0, 1.0)
+    wsd = floor + (peak - floor) * (1 - jnp.sqrt(frac_wsd))
+    after = jnp.where(p["kind"] == 0, peak, jnp.where(p["kind"] == 1, cosine, wsd))
+    return jnp.where(s < warm, warmup, after)
+
+
+def lr_schedule(t: TrainConfig) -> Callable[[Any], Any]:
+    params = schedule_params(t)
+    return lambda step: lr_at(step, params)
 
 
 # ---------------------------------------------------------------- optimizer
@@ -67,10 +78,12 @@ def decay_mask(cfg: Config) -> Any:
     )
 
 
-def make_optimizer(cfg: Config, decay_start: int | None = None) -> optax.GradientTransformation:
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """AdamW (+ clipping) with unit learning rate: the step multiplies its update by the
+    scheduled rate, lr x -(adam + wd x param), which is exactly optax.adamw(lr)."""
     t = cfg.train
     adamw = optax.adamw(
-        lr_schedule(t, decay_start),
+        1.0,
         b1=t.beta1,
         b2=t.beta2,
         eps=t.eps,
@@ -110,7 +123,13 @@ def state_specs(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh) -> t
     rep = sharding.replicated(mesh)
     params_struct = jax.tree.structure(abstract["params"])
     opt_shard = _map_subtrees(abstract["opt_state"], params_struct, p_shard, rep)
-    shardings = {"params": p_shard, "opt_state": opt_shard, "step": rep, "rng": rep}
+    shardings = {
+        "params": p_shard,
+        "opt_state": opt_shard,
+        "step": rep,
+        "rng": rep,
+        "schedule": jax.tree.map(lambda _: rep, abstract["schedule"]),
+    }
     return abstract, shardings
 
 
@@ -134,6 +153,7 @@ def init_state(cfg: Config, opt: optax.GradientTransformation, seed: int) -> Sta
         "opt_state": opt.init(params),
         "step": jnp.zeros((), jnp.int32),
         "rng": jax.random.fold_in(rng, 1),
+        "schedule": schedule_params(cfg.train),
     }
 
 
@@ -151,7 +171,6 @@ def make_train_step(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh):
     """
     mcfg = cfg.model
     grad_fn = jax.value_and_grad(loss_fn)
-    schedule = lr_schedule(cfg.train)
 
     def one_step(state: State, batch_ABT1):
         params = state["params"]
@@ -170,16 +189,19 @@ def make_train_step(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh):
             loss, grads = loss / A, jax.tree.map(lambda g: g / A, grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = opt.update(grads, state["opt_state"], params)
+        lr = lr_at(state["step"], state["schedule"])
+        updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
         new = {
             "params": optax.apply_updates(params, updates),
             "opt_state": opt_state,
             "step": state["step"] + 1,
             "rng": state["rng"],
+            "schedule": state["schedule"],
         }
         # Checked by the loop before each checkpoint, so a blown-up state is never saved even
         # when its loss (known only at the next step) has not been seen yet.
         param_norm = optax.tree.norm(new["params"])
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"])}
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr}
         return new, metrics | {"param_norm": param_norm}
 
     def train_steps(state: State, batches):

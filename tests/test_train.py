@@ -39,8 +39,8 @@ def _run(cfg, batches):
 # ---------------------------------------------------------------- schedules
 
 
-def _lr(cfg_t, s, **kw):
-    return float(train.lr_schedule(cfg_t, **kw)(s))
+def _lr(cfg_t, s):
+    return float(train.lr_schedule(cfg_t)(s))
 
 
 def test_cosine_schedule_closed_form():
@@ -62,9 +62,18 @@ def test_wsd_schedule_closed_form():
         assert _lr(t, s) == pytest.approx(1.0)
     for s in (80, 90, 99):  # 1-sqrt decay over the last 20 steps, reaching 0 at the end
         assert _lr(t, s) == pytest.approx(1 - math.sqrt((s - 80 + 1) / 20), abs=1e-6)
-    # a branched cooldown: decay starts at step 40 and lasts to the end
-    assert _lr(t, 39, decay_start=40) == pytest.approx(1.0)
-    assert _lr(t, 69, decay_start=40) == pytest.approx(1 - math.sqrt(30 / 60), abs=1e-6)
+    # a longer run: decay starts at step 160 - int(160 * 0.25) = 120 and lasts to the end
+    t2 = TrainConfig(
+        lr=1.0, steps=160, warmup_steps=10, schedule="wsd", decay_fraction=0.25, min_lr_ratio=0.0
+    )
+    assert _lr(t2, 119) == pytest.approx(1.0)
+    assert _lr(t2, 149) == pytest.approx(1 - math.sqrt(30 / 40), abs=1e-6)
+
+
+def test_constant_schedule():
+    t = TrainConfig(lr=0.5, steps=100, warmup_steps=4, schedule="constant")
+    assert _lr(t, 1) == pytest.approx(0.25)
+    assert _lr(t, 3) == _lr(t, 50) == _lr(t, 99) == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------- optimizer details
@@ -158,3 +167,20 @@ def test_token_losses_match_a_numpy_cross_entropy():
     want = -np.take_along_axis(logp, batch[:, 1:, None], -1)[..., 0]
     got = np.asarray(train.token_losses(params, jnp.asarray(batch), cfg.model))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_schedule_numbers_are_not_compiled_in():
+    """Runs differing only in length, rate or schedule share one program (a sweep's branches
+    load it from the compilation cache instead of compiling again)."""
+    mesh = _mesh()
+    texts = []
+    for t in (
+        TINY.train,
+        dataclasses.replace(TINY.train, steps=37, lr=1e-3, schedule="wsd", warmup_steps=3),
+    ):
+        cfg = dataclasses.replace(TINY, train=t)
+        opt = train.make_optimizer(cfg)
+        abstract, _ = train.state_specs(cfg, opt, mesh)
+        batch = jax.ShapeDtypeStruct((1, 1, 8, 17), jnp.int32)
+        texts.append(train.make_train_step(cfg, opt, mesh).lower(abstract, batch).as_text())
+    assert texts[0] == texts[1]
