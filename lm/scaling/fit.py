@@ -820,6 +820,16 @@ def isoflop_minima(
             continue
         xv = -c1 / (2 * c2)
         N_opt = _safe_exp(x0 + xv)
+        if not (np.isfinite(N_opt) and 0 < N_opt < np.inf):
+            dropped.append(
+                {
+                    "C": C,
+                    "n_points": int(rows.sum()),
+                    "n_sizes": int(sizes),
+                    "reason": "parabola nearly flat: its minimum is out of floating-point range",
+                }
+            )
+            continue
         resid = y - np.polyval((c2, c1, c0), x - x0)
         minima.append(
             {

@@ -491,7 +491,7 @@ def _fit_approach2(conv, runs, fpt, sweep, noise, n_boot, seed, errors, out):
                 # resample, without numpy's warning.
                 with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                     rows.append(F.fit_approach2(F.Runs.from_arrays(Nb, Db, Lb, Cb)).params)
-            except F.FitError:
+            except (F.FitError, ArithmeticError):
                 pass
         if rows:
             samples = {q: np.array([r[q] for r in rows]) for q in rows[0]}
@@ -580,6 +580,16 @@ def write_report(
     """Fit, plot and write DIR/report.md, DIR/fit.json and DIR/plots/; return the key numbers.
 
     n_boot resamples for every bootstrap (Kaplan's capped at N_BOOT_KAPLAN); 0 skips them."""
+    import warnings
+
+    # Bootstrap resamples that fail (a flat parabola, an overflowing power) are dropped and
+    # counted in the report; numpy's per-resample warnings would only bury the summary.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _write_report(out_dir, sweep, print_fn, n_boot=n_boot, seed=seed)
+
+
+def _write_report(out_dir, sweep, print_fn, *, n_boot: int, seed: int) -> dict:
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     info, sweep_note = _sweep_info(out_dir, sweep)

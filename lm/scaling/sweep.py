@@ -303,10 +303,14 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         wall = time.perf_counter() - t0
         for k, v in summary["timings"].items():
             timings[k] = timings.get(k, 0.0) + v
-        # Wall time accumulates over the segments a trunk is trained in, and over resumes.
-        wall_file = run_dir / "wall_s.json"
-        prev = json.loads(wall_file.read_text())["wall_s"] if wall_file.is_file() else 0.0
-        wall_file.write_text(json.dumps({"wall_s": prev + wall}))
+        # Wall time and its breakdown accumulate over the segments a trunk is trained in, and
+        # over resumes.
+        acc_file = run_dir / "time.json"
+        acc = json.loads(acc_file.read_text()) if acc_file.is_file() else {"wall_s": 0.0}
+        acc["wall_s"] += wall
+        for k, v in summary["timings"].items():
+            acc[k] = acc.get(k, 0.0) + v
+        acc_file.write_text(json.dumps(acc))
         if stop_after is not None:
             return
         record = {
@@ -314,8 +318,8 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
             "val_loss": summary["val_loss"],
             "val_loss_se": summary["val_loss_se"],
             "val_bpb": summary["val_bpb"],
-            "wall_s": prev + wall,
-            "timings": summary["timings"],
+            "wall_s": acc["wall_s"],
+            "timings": {k: v for k, v in acc.items() if k != "wall_s"},
         }
         tmp = run_dir / (DONE_FILE + ".tmp")
         tmp.write_text(json.dumps(record, indent=1))
@@ -465,22 +469,33 @@ def cmd_run(args) -> int:
     init_distributed(args)
     from lm.scaling import report
 
-    t0 = time.perf_counter()
     res = run_sweep(sweep, args.out, progress=not args.no_progress)
     t1 = time.perf_counter()
     report.write_report(Path(args.out), sweep, print_fn=print)
     post = time.perf_counter() - t1
-    tm = res["timings"]
-    train_s = tm.get("train", 0.0)
-    wall = time.perf_counter() - t0
-    other = wall - train_s
-    print(
-        f"time: {wall:.0f} s in all; train steps {train_s:.0f} s ({train_s / wall:.0%}); "
-        f"not train steps {other:.0f} s ({other / wall:.0%}): compile {tm.get('compile', 0):.0f} s,"
-        f" eval {tm.get('eval', 0):.0f} s, checkpoints {tm.get('checkpoint', 0):.0f} s, "
-        f"setup {tm.get('setup', 0):.0f} s, fits+plots {post:.0f} s"
-    )
+    print(time_breakdown(Path(args.out), res["members"], post))
     return 0
+
+
+def time_breakdown(out: Path, members: dict, report_s: float) -> str:
+    """Where the whole sweep's time went (over every invocation that trained a member)."""
+    tm: dict[str, float] = {}
+    for name in members:
+        rec = _done(out / "runs" / name) or {}
+        tm["wall_s"] = tm.get("wall_s", 0.0) + rec.get("wall_s", 0.0)
+        for k, v in rec.get("timings", {}).items():
+            tm[k] = tm.get(k, 0.0) + v
+    wall = tm.get("wall_s", 0.0) + report_s
+    train_s = tm.get("train", 0.0)
+    other = wall - train_s
+    named = ("compile", "eval", "checkpoint", "setup")
+    rest = other - report_s - sum(tm.get(k, 0.0) for k in named)
+    return (
+        f"time: {wall:.0f} s in all; train steps {train_s:.0f} s ({train_s / max(wall, 1e-9):.0%});"
+        f" everything else {other:.0f} s ({other / max(wall, 1e-9):.0%}): "
+        + ", ".join(f"{k} {tm.get(k, 0.0):.0f} s" for k in named)
+        + f", fits+plots {report_s:.0f} s, other (data, state init, restores) {rest:.0f} s"
+    )
 
 
 def add_sweep_parser(sub) -> None:
