@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -63,9 +64,18 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
-    """Write the config, or check it against the saved one. True when resuming."""
+    """Write the config, or check it against the saved one. True when resuming.
+
+    Every process checks; only process 0 writes (hosts may share the run directory)."""
     saved_path = run_dir / checkpoint.CONFIG_FILE
+    writer = jax.process_index() == 0
     if saved_path.is_file():
         saved = _flat(config_lib.to_dict(config_lib.load(saved_path)))
         now = _flat(config_lib.to_dict(cfg))
@@ -75,12 +85,12 @@ def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
                     f"{k}={now.get(k)!r} differs from {saved.get(k)!r} in {saved_path}; "
                     "use a new --out directory (or the same config) to resume"
                 )
-        saved_path.write_text(config_lib.dump(cfg))
+        if writer:
+            _write_text_atomic(saved_path, config_lib.dump(cfg))
         return True
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved_path.with_suffix(".tmp")
-    tmp.write_text(config_lib.dump(cfg))
-    tmp.replace(saved_path)
+    if writer:
+        _write_text_atomic(saved_path, config_lib.dump(cfg))
     return False
 
 
@@ -89,7 +99,8 @@ def get_tokenizer(cfg: Config, run_dir: Path) -> Tokenizer:
         return load_tokenizer(run_dir)
     except (FileNotFoundError, ValueError):
         tok = build_tokenizer(cfg.data)
-        save_tokenizer(tok, run_dir)
+        if jax.process_index() == 0:
+            save_tokenizer(tok, run_dir)
         return tok
 
 
