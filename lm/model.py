@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from lm.config import ModelConfig
 
@@ -126,17 +128,137 @@ def _stable_hash(s: str) -> int:
 
 
 # ---------------------------------------------------------------- the forward pass
+#
+# The training path (no KV cache, no remat, float32) runs its layers through a few functions
+# with hand-written backward passes (`jax.custom_vjp`). Their forwards are the plain formulas;
+# their backwards compute the same gradients as autodiff, but in the shapes XLA:CPU runs fastest:
+# 2-D matmuls whose operands need no transposed copy, attention matmuls in batch-major layouts,
+# and no saved intermediates beyond what the gradient needs (each saved array is a zero-filled,
+# written and re-read [L, ...] buffer under the layer scan). On the 2-core CPU this is 1.1-1.4x
+# the autodiff step (benchmarks/bench_train.py); gradients agree with autodiff to ~1e-6.
+
+
+def _fast_grads(cfg: ModelConfig) -> bool:
+    """Whether the hand-written backward passes apply. Remat policies decide what to save by
+    primitive (e.g. "save matmul outputs"), which a custom_vjp would hide, so with remat the
+    layers keep the autodiff formulation; so does bfloat16 compute, whose casts they skip."""
+    return cfg.remat == "none" and cfg.compute_dtype == "float32"
+
+
+@jax.custom_vjp
+def _dense(x_MK: jax.Array, w_KN: jax.Array) -> jax.Array:
+    """x @ w. Autodiff's weight gradient of a [B, T, K] x [K, N] einsum contracts two batch axes
+    and makes XLA:CPU copy a transposed operand first (~1.5x slower); here it is one 2-D GEMM."""
+    return x_MK @ w_KN
+
+
+def _dense_fwd(x_MK, w_KN):
+    return x_MK @ w_KN, (x_MK, w_KN)
+
+
+def _dense_bwd(res, g_MN):
+    x_MK, w_KN = res
+    K, N = w_KN.shape
+    dx_MK = jnp.einsum("MN,KN->MK", g_MN, w_KN)
+    # Eigen's GEMM is faster writing the wider output dimension last; a weight-sized transpose
+    # is cheap next to the matmul.
+    if N >= K:
+        dw_KN = jnp.einsum("MK,MN->KN", x_MK, g_MN)
+    else:
+        dw_KN = jnp.einsum("MN,MK->NK", g_MN, x_MK).T
+    return dx_MK, dw_KN
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def _linear(x_BTK: jax.Array, w_KN: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """[..., K] @ [K, N] -> [..., N]: through `_dense` on the training path, else an einsum."""
+    if not _fast_grads(cfg):
+        return jnp.einsum("...K,KN->...N", x_BTK, w_KN)
+    K, N = w_KN.shape
+    y_MN = _dense(x_BTK.reshape(-1, K), w_KN)
+    return y_MN.reshape(*x_BTK.shape[:-1], N)
+
+
+def _row_mean(x: jax.Array) -> jax.Array:
+    """x.mean(-1, keepdims=True) as a matrix-vector product: XLA:CPU's reductions over a
+    short last axis (64-384 here) run several times slower than the same sum as a GEMV."""
+    D = x.shape[-1]
+    sums = x.reshape(-1, D) @ jnp.ones((D,), x.dtype)
+    return (sums / D).reshape(*x.shape[:-1], 1)
+
+
+def _col_sum(x: jax.Array) -> jax.Array:
+    """The sum over all leading axes, [..., D] -> [D], as a vector-matrix product."""
+    x_MD = x.reshape(-1, x.shape[-1])
+    return jnp.ones((x_MD.shape[0],), x.dtype) @ x_MD
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _norm_f32(x, scale, bias, eps: float, center: bool):
+    return _norm_f32_fwd(x, scale, bias, eps, center)[0]
+
+
+def _norm_f32_fwd(x, scale, bias, eps, center):
+    mu = _row_mean(x) if center else None
+    xc = x - mu if center else x
+    rstd = jax.lax.rsqrt(_row_mean(xc * xc) + eps)
+    y = xc * rstd * scale
+    if bias is not None:
+        y = y + bias
+    # Only x and two per-row numbers are saved; the backward recomputes the normalised x.
+    return y, (x, mu, rstd, scale, bias is not None)
+
+
+def _norm_f32_bwd(eps, center, res, g):
+    x, mu, rstd, scale, has_bias = res
+    xhat = (x - mu if center else x) * rstd
+    gx = g * scale
+    dx = gx - xhat * _row_mean(gx * xhat)
+    if center:
+        dx = dx - _row_mean(gx)
+    return dx * rstd, _col_sum(g * xhat), (_col_sum(g) if has_bias else None)
+
+
+_norm_f32.defvjp(_norm_f32_fwd, _norm_f32_bwd)
 
 
 def _norm(p: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
-    xf = x.astype(jnp.float32)
-    if cfg.norm == "layernorm":
-        xf = xf - xf.mean(-1, keepdims=True)
-    y = xf * jax.lax.rsqrt((xf * xf).mean(-1, keepdims=True) + cfg.norm_eps)
-    y = y * p["scale"].astype(jnp.float32)
-    if "bias" in p:
-        y = y + p["bias"].astype(jnp.float32)
+    """LayerNorm or RMSNorm, computed in float32."""
+    bias = p["bias"].astype(jnp.float32) if "bias" in p else None
+    y = _norm_f32(
+        x.astype(jnp.float32),
+        p["scale"].astype(jnp.float32),
+        bias,
+        cfg.norm_eps,
+        cfg.norm == "layernorm",
+    )
     return y.astype(x.dtype)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+@jax.custom_vjp
+def _gelu(x: jax.Array) -> jax.Array:
+    """jax.nn.gelu(approximate=True), saving only its input for the backward (autodiff keeps
+    four [B, T, F] intermediates of the tanh formula)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_fwd(x):
+    return jax.nn.gelu(x, approximate=True), x
+
+
+def _gelu_bwd(x, g):
+    x2 = x * x
+    t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x2 * x))
+    dt = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x2)
+    return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dt),)
+
+
+_gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 def rope(x_BTnH: jax.Array, pos_BT: jax.Array, theta: float) -> jax.Array:
@@ -157,8 +279,102 @@ class KVCache(NamedTuple):
     v_LBSKH: jax.Array
 
 
+@jax.custom_vjp
+def _attend(q_BTKGH, k_BSKH, v_BSKH, mask_BTS):
+    """softmax(q k^T masked) v -> (out [B,T,K,G,H], weights [B,K,G,T,S]); q already scaled.
+
+    Every matmul of forward and backward is a batched GEMM over (B, K) with the contracted axis
+    innermost in at least one operand: XLA:CPU runs a transposed-left operand (autodiff's dK and
+    dV) at half speed, so the backward forms dK^T = Q^T dS and dV^T = dO^T P instead, from the
+    small [B,T,D]-sized q and dO transposed, never the [T, S]-sized weights."""
+    return _attend_fwd(q_BTKGH, k_BSKH, v_BSKH, mask_BTS)[0]
+
+
+def _attend_fwd(q_BTKGH, k_BSKH, v_BSKH, mask_BTS):
+    q_BKGTH = q_BTKGH.transpose(0, 2, 3, 1, 4)
+    k_BKSH = k_BSKH.transpose(0, 2, 1, 3)
+    v_BKSH = v_BSKH.transpose(0, 2, 1, 3)
+    s_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH)
+    s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, -1e30)
+    w_BKGTS = jax.nn.softmax(s_BKGTS, axis=-1)
+    o_BTKGH = jnp.einsum("BKGTS,BKSH->BKGTH", w_BKGTS, v_BKSH).transpose(0, 3, 1, 2, 4)
+    qT_BKHGT = q_BTKGH.transpose(0, 2, 4, 3, 1)
+    return (o_BTKGH, w_BKGTS), (qT_BKHGT, k_BKSH, v_BKSH, w_BKGTS, o_BTKGH, mask_BTS)
+
+
+def _attend_bwd(res, cts):
+    qT_BKHGT, k_BKSH, v_BKSH, w_BKGTS, o_BTKGH, mask_BTS = res
+    do_BTKGH, dw_BKGTS = cts
+    # softmax backward: dS = W * (dW_total - rowsum(dW_total * W)), dW_total = dO V^T + dW;
+    # rowsum(dO V^T * W) = rowsum(dO * O) is a reduction over H rather than S, done as a
+    # matrix-vector product (XLA:CPU's reduction over a short last axis is several times slower).
+    dwo_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", do_BTKGH.transpose(0, 2, 3, 1, 4), v_BKSH)
+    H = o_BTKGH.shape[-1]
+    delta_M = (do_BTKGH * o_BTKGH).reshape(-1, H) @ jnp.ones((H,), o_BTKGH.dtype)
+    delta_BKGT1 = delta_M.reshape(o_BTKGH.shape[:-1]).transpose(0, 2, 3, 1)[..., None]
+    if not isinstance(dw_BKGTS, SymbolicZero):  # the weights are used, e.g. by lm.inspect
+        dwo_BKGTS = dwo_BKGTS + dw_BKGTS
+        delta_BKGT1 = delta_BKGT1 + (dw_BKGTS * w_BKGTS).sum(-1, keepdims=True)
+    # Masked scores get no gradient (they are constants); the where matters only in rows with
+    # no visible key, whose weights are uniform rather than zero.
+    ds_BKGTS = jnp.where(mask_BTS[:, None, None], w_BKGTS * (dwo_BKGTS - delta_BKGT1), 0.0)
+    dq_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", ds_BKGTS, k_BKSH)
+    dkT_BKHS = jnp.einsum("BKHGT,BKGTS->BKHS", qT_BKHGT, ds_BKGTS)
+    doT_BKHGT = do_BTKGH.transpose(0, 2, 4, 3, 1)
+    dvT_BKHS = jnp.einsum("BKHGT,BKGTS->BKHS", doT_BKHGT, w_BKGTS)
+    return (
+        dq_BKGTH.transpose(0, 3, 1, 2, 4),
+        dkT_BKHS.transpose(0, 3, 1, 2),
+        dvT_BKHS.transpose(0, 3, 1, 2),
+        None,
+    )
+
+
+def _attend_fwd_sz(q_BTKGH, k_BSKH, v_BSKH, mask_BTS):
+    # symbolic_zeros=True hands the forward its inputs wrapped; it lets the backward skip the
+    # weights' cotangent when (as in training) nothing uses them.
+    return _attend_fwd(q_BTKGH.value, k_BSKH.value, v_BSKH.value, mask_BTS.value)
+
+
+_attend.defvjp(_attend_fwd_sz, _attend_bwd, symbolic_zeros=True)
+
+
+def _attention_train(p, x_BTD, pos_BT, cfg: ModelConfig, kv_mask_BS=None):
+    """`_attention` without a cache, through `_linear` and `_attend` (see above)."""
+    B, T, D = x_BTD.shape
+    N, H = p["wq"].shape[-2:]
+    K = p["wk"].shape[-2]
+    q_BTNH = _linear(x_BTD, p["wq"].reshape(D, N * H), cfg).reshape(B, T, N, H)
+    k_BTKH = _linear(x_BTD, p["wk"].reshape(D, K * H), cfg).reshape(B, T, K, H)
+    v_BTKH = _linear(x_BTD, p["wv"].reshape(D, K * H), cfg).reshape(B, T, K, H)
+    if "bq" in p:
+        q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["bq"], k_BTKH + p["bk"], v_BTKH + p["bv"]
+    if cfg.positions == "rope":
+        q_BTNH = rope(q_BTNH, pos_BT, cfg.rope_theta)
+        k_BTKH = rope(k_BTKH, pos_BT, cfg.rope_theta)
+    mask_BTS = pos_BT[:, :, None] >= pos_BT[:, None, :]
+    if kv_mask_BS is not None:
+        mask_BTS = mask_BTS & kv_mask_BS[:, None, :]
+    # The 1/sqrt(H) scale on q ([B,T,N,H]) rather than on the [B,N,T,S] scores: exact when
+    # sqrt(H) is a power of two, within an ulp otherwise.
+    q_BTKGH = (q_BTNH * (1 / math.sqrt(H))).reshape(B, T, K, N // K, H)
+    # XLA:CPU runs a batched matmul on one thread (it splits only within a matrix, and these
+    # are T x T), but runs independent ops concurrently: two halves of the heads attended
+    # separately keep both cores busy (~1.2x on the attention's wall time).
+    parts = [slice(0, K // 2), slice(K // 2, K)] if K > 1 else [slice(0, K)]
+    o_w = [_attend(q_BTKGH[:, :, h], k_BTKH[:, :, h], v_BTKH[:, :, h], mask_BTS) for h in parts]
+    o_BTKGH = jnp.concatenate([o for o, _ in o_w], axis=2)
+    w_BKGTS = jnp.concatenate([w for _, w in o_w], axis=1)
+    out_BTD = _linear(o_BTKGH.reshape(B, T, N * H), p["wo"].reshape(N * H, D), cfg)
+    if "bo" in p:
+        out_BTD = out_BTD + p["bo"]
+    return out_BTD, None, w_BKGTS
+
+
 def _attention(p, x_BTD, pos_BT, cfg: ModelConfig, kv=None, kv_mask_BS=None):
     """Causal self-attention; with `kv` (this layer's cache) it attends to cached positions."""
+    if kv is None and _fast_grads(cfg):
+        return _attention_train(p, x_BTD, pos_BT, cfg, kv_mask_BS)
     q_BTNH = jnp.einsum("BTD,DNH->BTNH", x_BTD, p["wq"])
     k_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, p["wk"])
     v_BTKH = jnp.einsum("BTD,DKH->BTKH", x_BTD, p["wv"])
@@ -195,14 +411,14 @@ def _attention(p, x_BTD, pos_BT, cfg: ModelConfig, kv=None, kv_mask_BS=None):
 
 
 def _mlp(p, x_BTD, cfg: ModelConfig):
-    up_BTF = jnp.einsum("BTD,DF->BTF", x_BTD, p["w_up"])
+    up_BTF = _linear(x_BTD, p["w_up"], cfg)
     if "b_up" in p:
         up_BTF = up_BTF + p["b_up"]
     if cfg.mlp == "swiglu":
-        h_BTF = jax.nn.silu(jnp.einsum("BTD,DF->BTF", x_BTD, p["w_gate"])) * up_BTF
+        h_BTF = jax.nn.silu(_linear(x_BTD, p["w_gate"], cfg)) * up_BTF
     else:
-        h_BTF = jax.nn.gelu(up_BTF, approximate=True)
-    out_BTD = jnp.einsum("BTF,FD->BTD", h_BTF, p["w_down"])
+        h_BTF = _gelu(up_BTF)
+    out_BTD = _linear(h_BTF, p["w_down"], cfg)
     if "b_down" in p:
         out_BTD = out_BTD + p["b_down"]
     return out_BTD
@@ -242,14 +458,21 @@ def unembed(params: Params, x_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
     return jnp.einsum("BTD,DV->BTV", x_BTD, params["unembed"].astype(x_BTD.dtype))
 
 
-def apply(
+def hidden(
     params: Params, tokens_BT: jax.Array, cfg: ModelConfig, pos_BT: jax.Array | None = None
 ) -> jax.Array:
-    """Next-token logits for every position: [B, T] int tokens -> [B, T, V] float32."""
+    """The residual stream after the last layer (before the final norm): [B, T, D]."""
     B, T = tokens_BT.shape
     if pos_BT is None:
         pos_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
-    x_BTD = embed(params, tokens_BT, pos_BT, cfg)
+        # `embed` with positions 0..T-1 taken as a slice of the table: its gradient is then a
+        # sum over the batch instead of the scatter-add that indexing with pos_BT needs.
+        dtype = jnp.dtype(cfg.compute_dtype)
+        x_BTD = params["embed"].astype(dtype)[tokens_BT]
+        if cfg.positions == "learned":
+            x_BTD = x_BTD + params["pos_embed"].astype(dtype)[:T]
+    else:
+        x_BTD = embed(params, tokens_BT, pos_BT, cfg)
     layers = _cast(params["layers"], x_BTD.dtype)
 
     def body(x, p):
@@ -259,11 +482,22 @@ def apply(
     if _REMAT[cfg.remat] is not None:
         body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
     if cfg.scan_layers:
-        x_BTD, _ = jax.lax.scan(body, x_BTD, layers)
+        # Up to 2 layers run loop-free: a loop stacks each activation saved for the backward
+        # into an [L, ...] buffer (zero-filled, written, sliced back out), ~10% of a 2x64
+        # model's step on the CPU and nothing measurable at 6x384. Deeper models compile one
+        # loop body, so compile time stays flat in depth.
+        x_BTD, _ = jax.lax.scan(body, x_BTD, layers, unroll=cfg.n_layers <= 2)
     else:
         for i in range(cfg.n_layers):
             x_BTD, _ = body(x_BTD, jax.tree.map(lambda a, i=i: a[i], layers))
-    return unembed(params, x_BTD, cfg).astype(jnp.float32)
+    return x_BTD
+
+
+def apply(
+    params: Params, tokens_BT: jax.Array, cfg: ModelConfig, pos_BT: jax.Array | None = None
+) -> jax.Array:
+    """Next-token logits for every position: [B, T] int tokens -> [B, T, V] float32."""
+    return unembed(params, hidden(params, tokens_BT, cfg, pos_BT), cfg).astype(jnp.float32)
 
 
 def layer_params(params: Params, i: int) -> Params:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -98,9 +99,45 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
 # ---------------------------------------------------------------- loss
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _output_xent(x_MD: jax.Array, w: jax.Array, targets_M: jax.Array, tied: bool) -> jax.Array:
+    """Cross-entropy of the output layer's logits (w: [V, D] tied, else [D, V]) -> [M].
+
+    The same numbers as logsumexp - take_along_axis on the logits; the hand-written backward
+    forms d(logits) = softmax - onehot in one pass (no scatter-add of the picked logit) and
+    computes the tied embedding's gradient as [D, V] (XLA:CPU would otherwise transpose the
+    whole [M, V] matrix first, and writes a narrow output 25% slower)."""
+    return _output_xent_fwd(x_MD, w, targets_M, tied)[0]
+
+
+def _output_xent_fwd(x_MD, w, targets_M, tied):
+    logits_MV = jnp.einsum("MD,VD->MV" if tied else "MD,DV->MV", x_MD, w)
+    logz_M = jax.nn.logsumexp(logits_MV, axis=-1)
+    picked_M = jnp.take_along_axis(logits_MV, targets_M[:, None], axis=-1)[:, 0]
+    return logz_M - picked_M, (x_MD, w, targets_M, logits_MV, logz_M)
+
+
+def _output_xent_bwd(tied, res, g_M):
+    x_MD, w, targets_M, logits_MV, logz_M = res
+    onehot_MV = jnp.arange(logits_MV.shape[-1]) == targets_M[:, None]
+    dlogits_MV = (jnp.exp(logits_MV - logz_M[:, None]) - onehot_MV) * g_M[:, None]
+    dx_MD = jnp.einsum("MV,VD->MD" if tied else "MV,DV->MD", dlogits_MV, w)
+    dw_DV = jnp.einsum("MD,MV->DV", x_MD, dlogits_MV)
+    return dx_MD, (dw_DV.T if tied else dw_DV), None
+
+
+_output_xent.defvjp(_output_xent_fwd, _output_xent_bwd)
+
+
 def token_losses(params, batch_BT1: jax.Array, cfg: ModelConfig) -> jax.Array:
     """Cross-entropy in nats of each next token: [B, T+1] windows -> [B, T] float32."""
     inputs_BT, targets_BT = batch_BT1[:, :-1], batch_BT1[:, 1:]
+    if model._fast_grads(cfg):  # float32, no remat: model.apply + the formula below, fused
+        x_BTD = model._norm(params["final_norm"], model.hidden(params, inputs_BT, cfg), cfg)
+        B, T, D = x_BTD.shape
+        w = (params["embed"] if cfg.tied_embeddings else params["unembed"]).astype(x_BTD.dtype)
+        x_MD, targets_M = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
+        return _output_xent(x_MD, w, targets_M, cfg.tied_embeddings).reshape(B, T)
     logits_BTV = model.apply(params, inputs_BT, cfg)
     logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
     picked_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
