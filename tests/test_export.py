@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 import safetensors.numpy
+from tiny import tiny_cfg
 
 from lm import bigram, checkpoint, cli, config, export, loop, model, run, sampling
 from lm.tokenizer import ByteTokenizer, train_sentencepiece
@@ -23,35 +24,10 @@ PROMPT = "def add(a, b):"
 LM = "import sys; from lm.cli import main; sys.exit(main())"
 
 
-def _train_cfg(tmp, *extra):
-    return config.load(
-        None,
-        [
-            "model.n_layers=2",
-            "model.d_model=32",
-            "model.n_heads=2",
-            "model.max_seq_len=32",
-            "data.max_docs=300",
-            f"data.cache_dir={tmp / 'cache'}",
-            "train.seq_len=32",
-            "train.batch_size=8",
-            "train.steps=4",
-            "train.warmup_steps=1",
-            "train.log_every=4",
-            "train.eval_every=4",
-            "train.eval_windows=4",
-            "train.ckpt_every=4",
-            "train.steps_per_call=4",
-            "train.peak_flops=1e11",
-            *extra,
-        ],
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
-    loop.train_run(_train_cfg(tmp), tmp / "run", progress=False, print_fn=lambda *_: None)
+    loop.train_run(tiny_cfg(tmp), tmp / "run", progress=False, print_fn=lambda *_: None)
     return tmp / "run"
 
 
@@ -179,7 +155,7 @@ def test_sampling_is_seeded_and_top_k_restricts(byte_file):
 
 
 def test_bigram_run_exports_and_runs(tmp_path):
-    cfg = _train_cfg(tmp_path, "kind=bigram")
+    cfg = tiny_cfg(tmp_path, "kind=bigram")
     bigram.train_run(cfg, tmp_path / "bg", print_fn=lambda *_: None)
     path = export.export(tmp_path / "bg", tmp_path / "bg.lm")
     cfg2, params, tok = export.load(path)

@@ -6,41 +6,17 @@ import json
 import jax
 import numpy as np
 import pytest
+from tiny import tiny_cfg
 
 from lm import checkpoint, cli, config, export, inspect, loop, model, run
 
 PROMPT = "def add(a, b):"
 
 
-def _cfg(tmp, *extra):
-    return config.load(
-        None,
-        [
-            "model.n_layers=2",
-            "model.d_model=32",
-            "model.n_heads=2",
-            "model.max_seq_len=32",
-            "data.max_docs=300",
-            f"data.cache_dir={tmp / 'cache'}",
-            "train.seq_len=32",
-            "train.batch_size=8",
-            "train.steps=4",
-            "train.warmup_steps=1",
-            "train.log_every=4",
-            "train.eval_every=4",
-            "train.eval_windows=4",
-            "train.ckpt_every=4",
-            "train.steps_per_call=4",
-            "train.peak_flops=1e11",
-            *extra,
-        ],
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspect")
-    loop.train_run(_cfg(tmp), tmp / "run", progress=False, print_fn=lambda *_: None)
+    loop.train_run(tiny_cfg(tmp), tmp / "run", progress=False, print_fn=lambda *_: None)
     cfg, params, tok = checkpoint.load_run(tmp / "run")
     return tmp / "run", cfg, params, tok
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import jax
 import pytest
+from tiny import tiny_cfg
 
-from lm import bigram, checkpoint, cli, config, export, loop, sampling
+from lm import bigram, checkpoint, cli, export, loop, sampling
 from lm.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,36 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LM = "import sys; from lm.cli import main; sys.exit(main())"
 
 
-def _cfg(tmp, *extra):
-    return config.load(
-        None,
-        [
-            "model.n_layers=2",
-            "model.d_model=32",
-            "model.n_heads=2",
-            "model.max_seq_len=32",
-            "data.max_docs=300",
-            f"data.cache_dir={tmp / 'cache'}",
-            "train.seq_len=32",
-            "train.batch_size=8",
-            "train.steps=4",
-            "train.warmup_steps=1",
-            "train.log_every=4",
-            "train.eval_every=4",
-            "train.eval_windows=4",
-            "train.ckpt_every=4",
-            "train.steps_per_call=4",
-            "train.peak_flops=1e11",
-            *extra,
-        ],
-    )
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sample")
-    loop.train_run(_cfg(tmp), tmp / "run", progress=False, print_fn=lambda *_: None)
-    bigram.train_run(_cfg(tmp, "kind=bigram"), tmp / "bigram", print_fn=lambda *_: None)
+    loop.train_run(tiny_cfg(tmp), tmp / "run", progress=False, print_fn=lambda *_: None)
+    bigram.train_run(tiny_cfg(tmp, "kind=bigram"), tmp / "bigram", print_fn=lambda *_: None)
     # a run directory that was set up but never checkpointed
     (tmp / "fresh").mkdir()
     for name in ("config.yaml", "tokenizer.json"):
