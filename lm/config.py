@@ -104,7 +104,7 @@ class TrainConfig:
     beta2: float = 0.99
     eps: float = 1e-8
     clip_norm: float = 1.0  # global-norm clipping; 0 disables
-    steps_per_call: int = 1  # optimizer steps fused into one jitted call (fewer dispatches)
+    steps_per_call: int = 10  # optimizer steps fused into one jitted call (fewer dispatches)
     log_every: int = 10
     eval_every: int = 200
     eval_windows: int = 64  # fixed validation windows of seq_len+1 tokens

@@ -134,8 +134,9 @@ def _stable_hash(s: str) -> int:
 # their backwards compute the same gradients as autodiff, but in the shapes XLA:CPU runs fastest:
 # 2-D matmuls whose operands need no transposed copy, attention matmuls in batch-major layouts,
 # and no saved intermediates beyond what the gradient needs (each saved array is a zero-filled,
-# written and re-read [L, ...] buffer under the layer scan). On the 2-core CPU this is 1.1-1.4x
-# the autodiff step (benchmarks/bench_train.py); gradients agree with autodiff to ~1e-6.
+# written and re-read [L, ...] buffer under the layer scan). On the 2-core CPU the step is
+# 1.3-1.5x the autodiff one (benchmarks/bench_train.py --compare-autodiff); gradients agree
+# with autodiff's to ~1e-6 relative.
 
 
 def _fast_grads(cfg: ModelConfig) -> bool:
@@ -463,6 +464,9 @@ def unembed(params: Params, x_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
     return jnp.einsum("BTD,DV->BTV", x_BTD, params["unembed"].astype(x_BTD.dtype))
 
 
+_UNROLL_MAX_LAYERS = 6
+
+
 def hidden(
     params: Params, tokens_BT: jax.Array, cfg: ModelConfig, pos_BT: jax.Array | None = None
 ) -> jax.Array:
@@ -487,11 +491,13 @@ def hidden(
     if _REMAT[cfg.remat] is not None:
         body = jax.checkpoint(body, policy=_REMAT[cfg.remat])
     if cfg.scan_layers:
-        # Up to 2 layers run loop-free: a loop stacks each activation saved for the backward
-        # into an [L, ...] buffer (zero-filled, written, sliced back out), ~10% of a 2x64
-        # model's step on the CPU and nothing measurable at 6x384. Deeper models compile one
-        # loop body, so compile time stays flat in depth.
-        x_BTD, _ = jax.lax.scan(body, x_BTD, layers, unroll=cfg.n_layers <= 2)
+        # Shallow stacks run loop-free: a loop stacks each activation saved for the backward
+        # into an [L, ...] buffer (zero-filled, written, sliced back out), 8-11% of the step
+        # of the CPU models here (2x64 to 6x384). Unrolled, compile time grows with depth
+        # (+1 s of ~3 s at 6x384, once per run); beyond _UNROLL_MAX_LAYERS the loop keeps it
+        # flat in depth (12 layers compile in ~1.2x the time of 2).
+        unroll = cfg.n_layers <= _UNROLL_MAX_LAYERS
+        x_BTD, _ = jax.lax.scan(body, x_BTD, layers, unroll=unroll)
     else:
         for i in range(cfg.n_layers):
             x_BTD, _ = body(x_BTD, jax.tree.map(lambda a, i=i: a[i], layers))
