@@ -359,6 +359,8 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
         path, other, data = d / SP_FILE, d / BYTE_FILE, tok.proto
     elif isinstance(tok, ByteTokenizer):
         path, other, data = d / BYTE_FILE, d / SP_FILE, json.dumps({"kind": "byte"}).encode()
+    elif hasattr(tok, "spec"):  # a task's symbol tokenizer (lm.tasks), also in tokenizer.json
+        path, other, data = d / BYTE_FILE, d / SP_FILE, json.dumps(tok.spec).encode()
     else:
         raise TypeError(f"cannot save a {type(tok).__name__}")
     _write_atomic(path, data)
@@ -379,6 +381,13 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             spec = json.loads(byte_path.read_text())
         except (ValueError, UnicodeDecodeError):
             spec = None
+        if isinstance(spec, dict) and spec.get("kind") == "symbols":
+            from lm.tasks import SymbolTokenizer
+
+            try:
+                return SymbolTokenizer.from_spec(spec)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{byte_path}: bad symbols tokenizer ({e})") from None
         if spec != {"kind": "byte"}:
             raise ValueError(f'{byte_path}: not a tokenizer file (expected {{"kind": "byte"}})')
         return ByteTokenizer()
@@ -422,6 +431,10 @@ def _tokenizer_sample(cfg: DataConfig) -> list[str]:
 
 def build_tokenizer(cfg: DataConfig) -> Tokenizer:
     """The tokenizer cfg.tokenizer names; bpe/unigram are trained once and cached."""
+    if cfg.source.startswith("task:"):  # the task fixes its symbols
+        from lm.tasks import tokenizer_for
+
+        return tokenizer_for(cfg)
     if cfg.tokenizer == "byte":
         return ByteTokenizer()
     from lm.data import corpus_fingerprint
