@@ -36,6 +36,15 @@ class ModelConfig:
     tied_embeddings: bool = True
     bias: bool = False  # biases on the linear layers (GPT-2 has them; llama does not)
     rope_theta: float = 10000.0
+    # RoPE frequency scaling, as long-context checkpoints use it (lm import-hf): "linear"
+    # divides every frequency by rope_scaling_factor; "llama3" divides only the frequencies
+    # whose wavelength exceeds rope_original_max_seq_len / rope_low_freq_factor, keeps those
+    # shorter than rope_original_max_seq_len / rope_high_freq_factor, and blends in between.
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
     norm_eps: float = 1e-5
     init_std: float = 0.02
     param_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -84,6 +93,15 @@ class DataConfig:
     tokenizer_vocab: int = 4096  # for bpe/unigram
     tokenizer_sample_bytes: int = 20_000_000  # corpus sample the tokenizer is trained on
     cache_dir: str = "~/.cache/lm"  # tokenized corpora, keyed by corpus + tokenizer
+    # Synthetic tasks (source "task:sort" / "task:add", see lm/tasks.py); ignored otherwise.
+    # Held-out inputs are chosen by hash with probability val_fraction.
+    task_length: int = 6  # sort: letters per sequence
+    task_symbols: int = 3  # sort: alphabet size (A, B, C, ...)
+    task_min_digits: int = 3  # add: digits per operand, drawn uniformly in [min, max]
+    task_max_digits: int = 5
+    task_reverse: bool = True  # add: answer digits least-significant first (as carries flow)
+    task_train_examples: int = 100_000  # examples generated for the train split
+    task_val_examples: int = 1000  # held-out examples (inputs may repeat)
 
 
 @dataclass(frozen=True)
@@ -328,6 +346,27 @@ def validate(cfg: Config) -> None:
         _check(m.d_ff >= 1, "model.d_ff", m.d_ff, "must be >= 1")
     if m.positions == "rope":
         _check(m.head_dim % 2 == 0, "model.d_model", m.d_model, "rope needs an even head dim")
+    if m.rope_scaling != "none":
+        _check(m.positions == "rope", "model.rope_scaling", m.rope_scaling, "needs positions=rope")
+        _check(
+            m.rope_scaling_factor > 0,
+            "model.rope_scaling_factor",
+            m.rope_scaling_factor,
+            "must be > 0",
+        )
+    if m.rope_scaling == "llama3":
+        _check(
+            0 < m.rope_low_freq_factor < m.rope_high_freq_factor,
+            "model.rope_low_freq_factor",
+            m.rope_low_freq_factor,
+            f"must be in (0, model.rope_high_freq_factor={m.rope_high_freq_factor})",
+        )
+        _check(
+            m.rope_original_max_seq_len >= 1,
+            "model.rope_original_max_seq_len",
+            m.rope_original_max_seq_len,
+            "must be >= 1",
+        )
     _check(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "must be > 0")
     _check(m.init_std > 0, "model.init_std", m.init_std, "must be > 0")
 
@@ -337,11 +376,27 @@ def validate(cfg: Config) -> None:
         _check(d.max_docs >= 2, "data.max_docs", d.max_docs, "must be >= 2")
     _check_source(d.source)
     tok_vocab = 259 if d.tokenizer == "byte" else d.tokenizer_vocab
+    tok_name = d.tokenizer
+    if d.source.startswith("task:"):
+        from lm import tasks
+
+        try:
+            tasks.check(d)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        tok_vocab, tok_name = tasks.tokenizer_for(d).vocab_size, f"{d.source} symbol"
+        width = tasks.example_width(d)
+        _check(
+            t.seq_len == width - 1,
+            "train.seq_len",
+            t.seq_len,
+            f"{d.source} examples are {width} tokens, so it must be {width - 1}",
+        )
     _check(
         m.vocab_size >= tok_vocab,
         "model.vocab_size",
         m.vocab_size,
-        f"smaller than the {d.tokenizer} tokenizer's {tok_vocab} tokens",
+        f"smaller than the {tok_name} tokenizer's {tok_vocab} tokens",
     )
 
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
@@ -387,7 +442,7 @@ def validate(cfg: Config) -> None:
 
 
 def _check_source(source: str) -> None:
-    if source == "stdlib" or source.startswith("hf:"):
+    if source == "stdlib" or source.startswith(("hf:", "task:")):
         return
     p = Path(source).expanduser()
     if any(c in source for c in "*?["):

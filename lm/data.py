@@ -239,6 +239,37 @@ def is_val(doc_id: str, val_fraction: float) -> bool:
 # ---------------------------------------------------------------- tokenized corpus
 
 
+class AlignedExamples(np.ndarray):
+    """A split made of fixed-width examples (synthetic tasks, `lm.tasks`), stored flat.
+
+    It stays 1-D so that code written for token streams (lengths, unigram counts) works on it
+    unchanged; `batch_at` and `val_windows` see `example_width` and return whole examples,
+    each starting at a multiple of the width, instead of windows at arbitrary offsets."""
+
+    def __new__(cls, flat: np.ndarray, example_width: int):
+        obj = np.asarray(flat).reshape(-1).view(cls)
+        if example_width < 2 or len(obj) % example_width:
+            raise ValueError(f"{len(obj)} tokens are not whole examples of {example_width}")
+        obj.example_width = int(example_width)
+        return obj
+
+    def __array_finalize__(self, obj):
+        self.example_width = getattr(obj, "example_width", None)
+
+
+def _aligned_rows(tokens: np.ndarray, seq_len: int) -> np.ndarray | None:
+    """[n, width] examples when `tokens` is AlignedExamples, else None."""
+    width = getattr(tokens, "example_width", None)
+    if width is None:
+        return None
+    if seq_len + 1 != width:
+        raise ValueError(
+            f"train.seq_len={seq_len}: the task's examples are {width} tokens, so it must be "
+            f"{width - 1}"
+        )
+    return np.asarray(tokens).reshape(-1, width)
+
+
 @dataclass(frozen=True)
 class TokenData:
     """A tokenized corpus: each split is every document's tokens framed as BOS ... EOS.
@@ -368,6 +399,10 @@ def prepare_data(
     interrupted build leaves no half-written cache under the real key. `workers`: threads
     for sentencepiece (default: all cores); the byte tokenizer needs none.
     """
+    if cfg.source.startswith("task:"):  # generated in memory, nothing to cache
+        from lm import tasks
+
+        return tasks.token_data(cfg, tok)
     key = {
         "format": FORMAT_VERSION,
         "corpus": corpus_fingerprint(cfg),
@@ -440,6 +475,11 @@ def batch_at(
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     if batch_size % process_count:
         raise ValueError(f"batch_size={batch_size} not divisible by {process_count} processes")
+    rows = _aligned_rows(tokens, seq_len)
+    if rows is not None:  # whole examples: draw example indices instead of window starts
+        picks = np.random.default_rng([seed, step]).integers(0, len(rows), size=batch_size)
+        per = batch_size // process_count
+        return rows[picks[process_index * per : (process_index + 1) * per]].astype(np.int32)
     starts = np.random.default_rng([seed, step]).integers(0, n_starts, size=batch_size)
     per = batch_size // process_count
     mine = starts[process_index * per : (process_index + 1) * per]
@@ -453,6 +493,14 @@ def val_windows(tokens: np.ndarray, n_windows: int, seq_len: int) -> np.ndarray:
     width = seq_len + 1
     if n_windows < 1 or seq_len < 1:
         raise ValueError(f"n_windows={n_windows}, seq_len={seq_len}: must be >= 1")
+    rows = _aligned_rows(tokens, seq_len)
+    if rows is not None:  # the first n examples (their order is already random)
+        if len(rows) < n_windows:
+            raise ValueError(
+                f"validation split has {len(rows)} examples, fewer than train.eval_windows="
+                f"{n_windows}; lower it or raise data.task_val_examples"
+            )
+        return rows[:n_windows].astype(np.int32)
     if len(tokens) < n_windows * width:
         raise ValueError(
             f"validation split has {len(tokens)} tokens, fewer than {n_windows} windows of "
@@ -464,6 +512,7 @@ def val_windows(tokens: np.ndarray, n_windows: int, seq_len: int) -> np.ndarray:
 
 
 __all__ = [
+    "AlignedExamples",
     "TokenData",
     "batch_at",
     "corpus_fingerprint",

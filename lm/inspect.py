@@ -18,6 +18,7 @@ Figures are PNGs drawn with matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,86 @@ def _recorded(params, tokens_BT, *, cfg: ModelConfig):
         "layers": jnp.stack(layers),
         "attention": jnp.stack(attention),
         "logits": logits_BTV[0],
+    }
+
+
+STAGES = (  # [L, T, ...] arrays `recorded_stages` keeps per layer, in the order they happen
+    "x_in",  # the residual stream entering the layer
+    "attn_norm",  # layer norm (or RMSNorm) of it: what attention reads
+    "q",  # queries [L, T, N, H] (after RoPE, for rope models)
+    "k",  # keys [L, T, K, H]
+    "v",  # values [L, T, K, H]
+    "attention",  # weights [L, N, T, T]
+    "heads",  # each head's weighted sum of values [L, T, N, H]
+    "attn_out",  # the output projection of the heads, added to the stream [L, T, D]
+    "x_mid",  # the stream after attention
+    "mlp_norm",
+    "mlp_hidden",  # after the nonlinearity [L, T, F]
+    "mlp_out",  # the MLP's down projection, added to the stream
+    "x_out",  # the stream leaving the layer
+)
+
+
+def recorded_stages(params, cfg: ModelConfig, tokens: list[int]) -> dict[str, Any]:
+    """Every intermediate of one sequence's forward pass, layer by layer (see STAGES), plus
+    "embedded" [T, D], "final_norm" [T, D] and "logits" [T, V].
+
+    Written out op by op from the parameters (not through `model.block`), so that tests can
+    hold it against `model.apply`: the same logits mean every stage shown is the model's."""
+    out = _stages(params, jnp.asarray([tokens], jnp.int32), cfg=cfg)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _stages(params, tokens_BT, *, cfg: ModelConfig):
+    T = tokens_BT.shape[1]
+    pos_BT = jnp.arange(T)[None]
+    x_BTD = model.embed(params, tokens_BT, pos_BT, cfg)
+    dtype = x_BTD.dtype
+    rec: dict[str, list] = {k: [] for k in STAGES}
+    causal_TS = jnp.tril(jnp.ones((T, T), bool))
+    embedded = x_BTD[0]
+    for i in range(cfg.n_layers):
+        p = jax.tree.map(lambda a: a.astype(dtype), model.layer_params(params, i))
+        h_BTD = model._norm(p["attn_norm"], x_BTD, cfg)
+        q_BTNH = jnp.einsum("BTD,DNH->BTNH", h_BTD, p["wq"])
+        k_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, p["wk"])
+        v_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, p["wv"])
+        if "bq" in p:
+            q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["bq"], k_BTKH + p["bk"], v_BTKH + p["bv"]
+        if cfg.positions == "rope":
+            q_BTNH = model.rope(q_BTNH, pos_BT, cfg.rope_theta)
+            k_BTKH = model.rope(k_BTKH, pos_BT, cfg.rope_theta)
+        N, H = q_BTNH.shape[2:]
+        G = N // k_BTKH.shape[2]  # query head n reads kv head n // G
+        k_BTNH, v_BTNH = jnp.repeat(k_BTKH, G, axis=2), jnp.repeat(v_BTKH, G, axis=2)
+        s_BNTS = jnp.einsum("BTNH,BSNH->BNTS", q_BTNH, k_BTNH).astype(jnp.float32) / math.sqrt(H)
+        w_BNTS = jax.nn.softmax(jnp.where(causal_TS, s_BNTS, -jnp.inf), axis=-1).astype(dtype)
+        o_BTNH = jnp.einsum("BNTS,BSNH->BTNH", w_BNTS, v_BTNH)
+        a_BTD = jnp.einsum("BTNH,NHD->BTD", o_BTNH, p["wo"])
+        if "bo" in p:
+            a_BTD = a_BTD + p["bo"]
+        mid_BTD = x_BTD + a_BTD
+        g_BTD = model._norm(p["mlp_norm"], mid_BTD, cfg)
+        up_BTF = g_BTD @ p["w_up"] + (p["b_up"] if "b_up" in p else 0)
+        if cfg.mlp == "swiglu":
+            f_BTF = jax.nn.silu(g_BTD @ p["w_gate"]) * up_BTF
+        else:
+            f_BTF = jax.nn.gelu(up_BTF, approximate=True)
+        m_BTD = f_BTF @ p["w_down"] + (p["b_down"] if "b_down" in p else 0)
+        stage = dict(
+            x_in=x_BTD, attn_norm=h_BTD, q=q_BTNH, k=k_BTKH, v=v_BTKH, attention=w_BNTS,
+            heads=o_BTNH, attn_out=a_BTD, x_mid=mid_BTD, mlp_norm=g_BTD, mlp_hidden=f_BTF,
+            mlp_out=m_BTD, x_out=mid_BTD + m_BTD,
+        )  # fmt: skip
+        for k, v in stage.items():
+            rec[k].append(v[0])
+        x_BTD = mid_BTD + m_BTD
+    return {
+        "embedded": embedded,
+        **{k: jnp.stack(v) for k, v in rec.items()},
+        "final_norm": model._norm(params["final_norm"], x_BTD, cfg)[0],
+        "logits": model.unembed(params, x_BTD, cfg).astype(jnp.float32)[0],
     }
 
 
@@ -135,9 +216,12 @@ def explain(
     out_dir: str | Path | None = None,
     continuation_tokens: int = 40,
     print_fn=print,
+    stages: bool = False,
 ) -> dict[str, Any]:
     """Walk one next-token prediction for `prompt`, printing each step; returns the numbers.
-    PNGs go to out_dir (None: no figures). Raises ValueError if the prompt does not fit."""
+    PNGs go to out_dir (None: no figures). Raises ValueError if the prompt does not fit.
+    `stages`: also section 6, every stage of every layer over the prompt and its greedy
+    continuation (`explain_stages`)."""
     m = cfg.model
     tokens = [tok.bos_id, *tok.encode(prompt)]
     T = len(tokens)
@@ -228,7 +312,12 @@ def explain(
         )[0]
         say(f"continuing for {len(new)} tokens at temperature {temperature}:")
         say(repr(prompt + tok.decode([i for i in new if i < tok.vocab_size])))
+    staged = None
+    if stages:
+        staged = explain_stages(cfg, params, tok, tokens, continuation_tokens, out, say)
+        pngs += staged["pngs"]
     return {
+        "stages": staged,
         "tokens": tokens,
         "pieces": pieces,
         "embed_shape": list(embed.shape),
@@ -241,6 +330,150 @@ def explain(
         "greedy": greedy,
         "sampled": drawn,
         "continuation": new,
+        "pngs": pngs,
+    }
+
+
+def _rows(x_TD: np.ndarray, pieces: list[str], say, what: str) -> None:
+    say(f"  {what} [T={x_TD.shape[0]}, {x_TD.shape[1]}]; per position: mean, std, first entries")
+    for t, p in enumerate(pieces):
+        v = x_TD[t]
+        say(f"    {t:>3} {p:>6}  mean {v.mean():+.3f} std {v.std():.3f}  {_vec(v)}")
+
+
+def plot_stages(rec: dict[str, np.ndarray], layer: int, pieces: list[str], path: Path) -> str:
+    """One layer's stages as heatmaps, rows = positions: what each step writes."""
+    names = ["x_in", "attn_norm", "q", "k", "v", "heads", "attn_out", "x_mid", "mlp_norm",
+             "mlp_hidden", "mlp_out", "x_out"]  # fmt: skip
+    T = len(pieces)
+    fig = _figure(16, 1.2 + 0.25 * T * 2)
+    axes = fig.subplots(2, 6).flat
+    for ax, name in zip(axes, names, strict=True):
+        a = rec[name][layer].reshape(T, -1)
+        lim = float(np.abs(a).max()) or 1.0
+        ax.imshow(a, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+        ax.set_title(f"{name} [{T}, {a.shape[1]}]", fontsize=8)
+        ax.set_yticks(range(T), [_label(p) for p in pieces], fontsize=6)
+        ax.set_xticks([])
+    fig.suptitle(
+        f"layer {layer}: each stage, one row per position (q/k/v/heads: heads side by side)"
+    )
+    return _save(fig, path)
+
+
+def plot_output_probs(probs_TV: np.ndarray, rows: list[str], cols: list[str], path: Path) -> str:
+    fig = _figure(1.5 + 0.6 * len(cols), 1.2 + 0.35 * len(rows))
+    ax = fig.subplots()
+    ax.imshow(probs_TV, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for t in range(probs_TV.shape[0]):
+        for v in range(probs_TV.shape[1]):
+            c = "white" if probs_TV[t, v] > 0.6 else "black"
+            ax.text(v, t, f"{probs_TV[t, v]:.2f}", ha="center", va="center", fontsize=7, color=c)
+    ax.set_xticks(range(len(cols)), [_label(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=7)
+    ax.set_xlabel("next token")
+    ax.set_title("softmax at each output position", fontsize=10)
+    return _save(fig, path)
+
+
+def explain_stages(
+    cfg: Config, params, tok, tokens: list[int], max_new: int, out: Path | None, say=print
+) -> dict[str, Any]:
+    """Section 6: the prompt's greedy continuation, then every stage of the forward pass over
+    the whole sequence (prompt + output), each layer's attention per head as PNGs, and the
+    softmax at every output position (all tokens when the vocabulary is small, else the top 5).
+    """
+    m = cfg.model
+    n = min(max_new, m.max_seq_len - len(tokens))
+    new: list[int] = []
+    if n >= 1:
+        new = sampling.generate(
+            params, m, [tokens], jax.random.PRNGKey(0), n, 0.0, eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+        )[0]  # fmt: skip
+    seq = tokens + [int(i) for i in new]
+    pieces = [piece(tok, i) for i in seq]
+    rec = recorded_stages(params, m, seq)
+    pngs: list[str] = []
+    P, T = len(tokens), len(seq)
+    say(f"\n== 6. every stage, over the prompt and its greedy output ({T} tokens) ==")
+    say("greedy output, one token at a time (each fed back as the next input): "
+        + " ".join(pieces[P:]))  # fmt: skip
+    say(f"whole sequence: {' '.join(pieces)}")
+    say(f"\n-- embeddings: x = embed[token] + pos_embed[position], D={m.d_model} --")
+    _rows(rec["embedded"], pieces, say, "x")
+    if out is not None:
+        fig = _figure(10, 1.5 + 0.25 * T)
+        ax = fig.subplots()
+        lim = float(np.abs(rec["embedded"]).max()) or 1.0
+        ax.imshow(rec["embedded"], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_yticks(range(T), [_label(p) for p in pieces], fontsize=7)
+        ax.set_xlabel(f"embedding dimension (0..{m.d_model - 1})")
+        ax.set_title("input embeddings (token + position), one row per position", fontsize=10)
+        pngs.append(_save(fig, out / "stages_embeddings.png"))
+    N, K, H = m.n_heads, m.kv_heads, m.head_dim
+    for layer in range(m.n_layers):
+        say(f"\n-- layer {layer} --")
+        say(f"  {m.norm}: each position's vector rescaled to mean 0, std 1 (times a learned scale)")
+        _rows(rec["attn_norm"][layer], pieces, say, "attn_norm")
+        say(f"  Q = norm @ wq [T, N={N}, H={H}], K and V = norm @ wk, wv [T, {K}, {H}]")
+        for name in ("q", "k", "v"):
+            a = rec[name][layer]
+            say(f"    {name} at the last position, per head: "
+                + "; ".join(_vec(a[-1, h]) for h in range(a.shape[1])))  # fmt: skip
+        say("  attention per head: softmax(q k^T / sqrt(H)) over earlier positions; for each "
+            "output position, the input it attends to most:")  # fmt: skip
+        w = rec["attention"][layer]
+        for t in range(max(P - 1, 0), T):
+            top = [f"h{h}->{t_}:{pieces[t_]} ({w[h, t, t_]:.2f})"
+                   for h in range(N) for t_ in [int(np.argmax(w[h, t]))]]  # fmt: skip
+            say(f"    {t:>3} {pieces[t]:>6}: " + ", ".join(top))
+        say(f"  projection: heads [T, {N}x{H}] @ wo -> [T, {m.d_model}], added to the stream")
+        _rows(rec["attn_out"][layer], pieces, say, "attn_out")
+        say(f"  MLP: norm, then [T, {m.d_model}] -> {m.mlp} [T, {m.ffw_dim}] -> [T, {m.d_model}]")
+        f = rec["mlp_hidden"][layer]
+        say("    hidden units above 0 per position: "
+            + " ".join(f"{(f[t] > 0).mean():.2f}" for t in range(T)))  # fmt: skip
+        _rows(rec["mlp_out"][layer], pieces, say, "mlp_out")
+        say(
+            "  stream after the layer, |x| per position: "
+            + " ".join(f"{np.linalg.norm(rec['x_out'][layer][t]):.2f}" for t in range(T))
+        )
+        if out is not None:
+            pngs.append(
+                plot_attention(w, pieces, layer, out / f"stages_attention_layer{layer}.png")
+            )
+            pngs.append(plot_stages(rec, layer, pieces, out / f"stages_layer{layer}.png"))
+    logits = rec["logits"].astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    V = tok.vocab_size
+    say(f"\n-- output: final norm, logits [T, V={logits.shape[1]}], softmax per position --")
+    rows = list(range(max(P - 1, 0), T - 1))  # positions whose next token was generated
+    if V <= 16:
+        cols = list(range(V))
+        say("  " + " " * 18 + "".join(f"{piece(tok, c):>7}" for c in cols) + "   chosen")
+        for t in rows:
+            say(f"  {t:>3} after {pieces[t]:>6}:  " + "".join(f"{probs[t, c]:7.3f}" for c in cols)
+                + f"   {pieces[t + 1]}")  # fmt: skip
+    else:
+        for t in rows:
+            o = np.argsort(-probs[t])[:5]
+            say(f"  {t:>3} after {pieces[t]:>6}: "
+                + ", ".join(f"{piece(tok, int(i))} {probs[t, i]:.3f}" for i in o))  # fmt: skip
+    if out is not None and rows:
+        cols = list(range(V)) if V <= 16 else sorted({int(np.argmax(probs[t])) for t in rows})
+        table = probs[np.asarray(rows)][:, cols]
+        labels = [f"{t}: after {pieces[t]}" for t in rows]
+        pngs.append(plot_output_probs(table, labels, [piece(tok, c) for c in cols],
+                                      out / "stages_output_probs.png"))  # fmt: skip
+        say(f"figures: {', '.join(Path(p).name for p in pngs)} in {out}")
+    return {
+        "sequence": seq,
+        "pieces": pieces,
+        "output": [int(i) for i in new],
+        "output_probs": probs[rows].tolist() if rows else [],
+        "shapes": {k: list(v.shape) for k, v in rec.items()},
         "pngs": pngs,
     }
 

@@ -184,7 +184,10 @@ def cmd_inspect(args) -> int:
     out = Path(args.out) if args.out else _default_out(args.run, "inspect")
     from lm import inspect
 
-    inspect.explain(cfg, load(), tok, args.prompt, args.temperature, args.seed, out, args.tokens)
+    inspect.explain(
+        cfg, load(), tok, args.prompt, args.temperature, args.seed, out, args.tokens,
+        stages=args.stages,
+    )  # fmt: skip
     return 0
 
 
@@ -275,6 +278,12 @@ def add_parsers(sub: Any) -> None:
     i.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     i.add_argument("--tokens", type=int, default=40, help="continuation length (default 40)")
     i.add_argument("--out", help="directory for the PNGs (default: RUN/inspect)")
+    i.add_argument(
+        "--stages",
+        action="store_true",
+        help="also show every stage (norms, Q/K/V, attention per head, projection, MLP) over "
+        "the prompt and its greedy continuation, and the softmax at each output position",
+    )
     i.set_defaults(func=cmd_inspect)
 
     e = sub.add_parser(
