@@ -13,6 +13,7 @@ stays flat in depth.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from lm.config import ModelConfig
@@ -267,10 +269,19 @@ def _gelu_bwd(x, g):
 _gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
-def rope(x_BTnH: jax.Array, pos_BT: jax.Array, theta: float) -> jax.Array:
-    """Rotary positions, rotating the two halves of each head (the Llama convention)."""
+def rope(x_BTnH: jax.Array, pos_BT: jax.Array, cfg: ModelConfig | float) -> jax.Array:
+    """Rotary positions, rotating the two halves of each head (the Llama convention), with the
+    config's rope_theta and rope_scaling (a bare float is taken as theta, unscaled)."""
     H = x_BTnH.shape[-1]
-    freq = theta ** (-jnp.arange(0, H, 2, dtype=jnp.float32) / H)
+    m = None if isinstance(cfg, int | float) else cfg
+    theta = cfg if m is None else m.rope_theta
+    if m is None or m.rope_scaling == "none":
+        freq = theta ** (-jnp.arange(0, H, 2, dtype=jnp.float32) / H)
+    else:  # constants, computed once at trace time by the numpy runner's own rule
+        from lm.run import rope_scale
+
+        freq_np = theta ** (-np.arange(0, H, 2, dtype=np.float32) / H)
+        freq = jnp.asarray(rope_scale(freq_np, dataclasses.asdict(m)), jnp.float32)
     ang_BTh = pos_BT[..., None].astype(jnp.float32) * freq
     sin, cos = jnp.sin(ang_BTh)[:, :, None, :], jnp.cos(ang_BTh)[:, :, None, :]
     x1, x2 = jnp.split(x_BTnH.astype(jnp.float32), 2, axis=-1)
@@ -356,8 +367,8 @@ def _attention_train(p, x_BTD, pos_BT, cfg: ModelConfig, kv_mask_BS=None):
     if "bq" in p:
         q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["bq"], k_BTKH + p["bk"], v_BTKH + p["bv"]
     if cfg.positions == "rope":
-        q_BTNH = rope(q_BTNH, pos_BT, cfg.rope_theta)
-        k_BTKH = rope(k_BTKH, pos_BT, cfg.rope_theta)
+        q_BTNH = rope(q_BTNH, pos_BT, cfg)
+        k_BTKH = rope(k_BTKH, pos_BT, cfg)
     mask_BTS = pos_BT[:, :, None] >= pos_BT[:, None, :]
     if kv_mask_BS is not None:
         mask_BTS = mask_BTS & kv_mask_BS[:, None, :]
@@ -387,8 +398,8 @@ def _attention(p, x_BTD, pos_BT, cfg: ModelConfig, kv=None, kv_mask_BS=None):
     if "bq" in p:
         q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["bq"], k_BTKH + p["bk"], v_BTKH + p["bv"]
     if cfg.positions == "rope":
-        q_BTNH = rope(q_BTNH, pos_BT, cfg.rope_theta)
-        k_BTKH = rope(k_BTKH, pos_BT, cfg.rope_theta)
+        q_BTNH = rope(q_BTNH, pos_BT, cfg)
+        k_BTKH = rope(k_BTKH, pos_BT, cfg)
     if kv is None:
         k_BSKH, v_BSKH = k_BTKH, v_BTKH
         mask_BTS = pos_BT[:, :, None] >= pos_BT[:, None, :]

@@ -100,6 +100,8 @@ def param_shapes(kind: str, m: dict) -> dict[str, tuple[int, ...]]:
         raise ValueError(kind)
     if not all(type(m[k]) in (int, float) for k in ("norm_eps", "rope_theta")):
         raise ValueError("norm_eps, rope_theta")
+    if m.get("rope_scaling", "none") not in ("none", "linear", "llama3"):
+        raise ValueError("rope_scaling")
     H = D // N
     F = m["d_ff"] or (-(-(8 * D // 3) // 64) * 64 if m["mlp"] == "swiglu" else 4 * D)
     s = {"embed": (V, D), "layers.wq": (L, D, N, H), "layers.wk": (L, D, K, H)}
@@ -146,10 +148,32 @@ def norm(x_TD, w: dict, name: str, m: dict):
     return y_TD + w[f"{name}.bias"] if f"{name}.bias" in w else y_TD
 
 
-def rope(x_TnH, pos_T, theta: float):
-    """Rotate the two halves of each head by position-dependent angles (the Llama way)."""
+def rope_scale(freq_h: np.ndarray, m: dict) -> np.ndarray:
+    """The rotary frequencies under the config's rope_scaling (see lm.config.ModelConfig);
+    lm.model uses this too, so both forward passes rotate by the same angles."""
+    kind = m.get("rope_scaling", "none")
+    if kind == "none":
+        return freq_h
+    s = np.float32(m["rope_scaling_factor"])
+    if kind == "linear":  # positions squeezed by s: the same as every frequency divided by s
+        return freq_h / s
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling={kind!r}")
+    lo, hi = m["rope_low_freq_factor"], m["rope_high_freq_factor"]
+    # Wavelengths (in positions) short next to the original context keep their frequency, long
+    # ones are slowed by s, and in between the two blend linearly in context / wavelength.
+    ratio_h = m["rope_original_max_seq_len"] * freq_h / np.float32(2 * math.pi)
+    mix_h = np.clip((ratio_h - lo) / np.float32(hi - lo), 0, 1).astype(np.float32)
+    return ((1 - mix_h) * freq_h / s + mix_h * freq_h).astype(np.float32)
+
+
+def rope(x_TnH, pos_T, theta: float, m: dict | None = None):
+    """Rotate the two halves of each head by position-dependent angles (the Llama way);
+    with the model config `m`, its rope_scaling applies."""
     H = x_TnH.shape[-1]
     freq_h = theta ** (-np.arange(0, H, 2, dtype=np.float32) / H)
+    if m is not None:
+        freq_h = rope_scale(freq_h, m)
     ang_Th = pos_T[:, None].astype(np.float32) * freq_h
     sin_T1h, cos_T1h = np.sin(ang_Th)[:, None], np.cos(ang_Th)[:, None]
     x1, x2 = np.split(x_TnH, 2, axis=-1)
@@ -163,7 +187,8 @@ def attention(p: dict, x_TD, pos_T, k_SKH, v_SKH, m: dict):
     if "bq" in p:
         q_TNH, k_TKH, v_TKH = q_TNH + p["bq"], k_TKH + p["bk"], v_TKH + p["bv"]
     if m["positions"] == "rope":
-        q_TNH, k_TKH = rope(q_TNH, pos_T, m["rope_theta"]), rope(k_TKH, pos_T, m["rope_theta"])
+        theta = m["rope_theta"]
+        q_TNH, k_TKH = rope(q_TNH, pos_T, theta, m), rope(k_TKH, pos_T, theta, m)
     S = pos_T[-1] + 1  # the cache holds every earlier position; attend to all of them
     k_SKH[pos_T], v_SKH[pos_T] = k_TKH, v_TKH
     (T, N, H), K = q_TNH.shape, k_SKH.shape[1]

@@ -271,8 +271,8 @@ def _decode_attention(p, x_BD, pos_B, k_BSKH, v_BSKH, cfg: ModelConfig):
     if "bq" in p:
         q_B1NH, k_B1KH, v_B1KH = q_B1NH + p["bq"], k_B1KH + p["bk"], v_B1KH + p["bv"]
     if cfg.positions == "rope":
-        q_B1NH = model.rope(q_B1NH, pos_B1, cfg.rope_theta)
-        k_B1KH = model.rope(k_B1KH, pos_B1, cfg.rope_theta)
+        q_B1NH = model.rope(q_B1NH, pos_B1, cfg)
+        k_B1KH = model.rope(k_B1KH, pos_B1, cfg)
     # Round the new key/value through the cache dtype so they match what later steps read.
     k_BKH = k_B1KH[:, 0].astype(k_BSKH.dtype)
     v_BKH = v_B1KH[:, 0].astype(v_BSKH.dtype)
