@@ -26,7 +26,9 @@ import common  # noqa: E402
 PROMPT = "C B A B B C"
 
 
-def run(cfg, out: Path, print_fn=print, inspect_prompt: str | None = PROMPT) -> dict:
+def run(
+    cfg, out: Path, print_fn=print, inspect_prompt: str | None = PROMPT, n_eval: int = 1000
+) -> dict:
     from lm import checkpoint, inspect, loop, tasks
 
     common.quiet()
@@ -38,9 +40,9 @@ def run(cfg, out: Path, print_fn=print, inspect_prompt: str | None = PROMPT) -> 
     d = cfg.data
 
     t1 = time.perf_counter()
-    held = tasks.inputs(d, "val", 1000)
+    held = tasks.inputs(d, "val", n_eval)
     ev_held = tasks.evaluate(params, cfg, held)
-    train_x = tasks.inputs(d, "train", 1000)
+    train_x = tasks.inputs(d, "train", n_eval)
     ev_train = tasks.evaluate(params, cfg, train_x)
     every = np.asarray(list(itertools.product(range(d.task_symbols), repeat=d.task_length)))
     keys = (every * d.task_symbols ** np.arange(d.task_length)).sum(1)
@@ -75,6 +77,7 @@ def run(cfg, out: Path, print_fn=print, inspect_prompt: str | None = PROMPT) -> 
         "distinct": ev_distinct,
         "n_distinct": len(distinct),
         "floor": floor,
+        "val_loss": evals[-1]["val_loss"],
         "t_train": t_train,
         "t_eval": t_eval,
         "explained": explained,
@@ -102,14 +105,14 @@ def report(r: dict, out: Path) -> str:
         "",
         "| set | exact match | answer-token loss (nats) |",
         "|---|---|---|",
-        f"| 1,000 held-out sequences (drawn with repetition) | {r['held'].correct}/"
+        f"| {r['held'].total:,} held-out sequences (drawn with repetition) | {r['held'].correct}/"
         f"{r['held'].total} = {r['held'].accuracy:.1%} | {r['held'].answer_loss:.2e} |",
         f"| every distinct held-out input | {r['distinct'].correct}/{r['distinct'].total} = "
         f"{r['distinct'].accuracy:.1%} | {r['distinct'].answer_loss:.2e} |",
-        f"| 1,000 training sequences | {r['train'].correct}/{r['train'].total} = "
+        f"| {r['train'].total:,} training sequences | {r['train'].correct}/{r['train'].total} = "
         f"{r['train'].accuracy:.1%} | {r['train'].answer_loss:.2e} |",
         "",
-        f"Held-out loss over all positions: {s['val_loss']:.4f} nats/token; the floor "
+        f"Held-out loss over all positions: {r['val_loss']:.4f} nats/token; the floor "
         f"is {r['floor']:.4f} (the prompt letters are uniform random, ln 3 each, and cannot be "
         "predicted).",
         f"Time: training {r['t_train']:.0f} s (compile {s['timings']['compile']:.0f} s), "
