@@ -69,13 +69,22 @@ def cmd_train(args) -> int:
     from lm import loop
 
     run_dir = Path(args.out)
+    init_from = None
+    if args.init_from:
+        init_from = Path(args.init_from)
+        if not (init_from / "config.yaml").is_file():
+            raise UsageError(f"--init-from {init_from}: not a run directory (no config.yaml)")
     if args.config is None:
         saved = run_dir / "config.yaml"
+        if not saved.is_file() and init_from is not None:  # the source's config, with --set
+            saved = init_from / "config.yaml"
         if not saved.is_file():
             raise UsageError(f"--config is required: {run_dir} holds no config.yaml to resume")
         cfg = config_lib.load(saved, args.set)
     else:
         cfg = _load_config(args)
+    if init_from is not None:
+        init_from = (init_from, _init_step(init_from, cfg))
     init_distributed(args)
     if args.dry_run:
         from lm import dryrun
@@ -98,13 +107,33 @@ def cmd_train(args) -> int:
             print(f"--- bigram sample (temperature {args.temperature}) ---")
             print(args.prompt + tok.decode(new))
         return 0
-    summary = loop.train_run(cfg, run_dir, progress=not args.no_progress)
+    summary = loop.train_run(cfg, run_dir, progress=not args.no_progress, init_from=init_from)
     if args.sample_tokens > 0:
         import jax
 
         if jax.process_count() == 1:  # on a pod, sample afterwards with `lm sample`
             _print_sample(cfg, summary["state"]["params"], summary["tokenizer"], args)
     return 0
+
+
+def _init_step(src: Path, cfg) -> int:
+    """The latest checkpoint step of --init-from's run, whose model must be this run's."""
+    from lm import checkpoint
+    from lm import config as config_lib
+
+    theirs = config_lib.to_dict(config_lib.load(src / "config.yaml"))["model"]
+    ours = config_lib.to_dict(cfg)["model"]
+    for k in ours:
+        if ours[k] != theirs.get(k) and k not in ("compute_dtype", "remat", "scan_layers"):
+            raise UsageError(
+                f"model.{k}={ours[k]!r} differs from {theirs.get(k)!r} in --init-from {src}"
+            )
+    mgr = checkpoint.manager(src, read_only=True)
+    step = mgr.latest_step()
+    mgr.close()
+    if step is None:
+        raise UsageError(f"--init-from {src}: no checkpoint yet")
+    return int(step)
 
 
 def _print_sample(cfg, params, tok, args) -> None:
@@ -225,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--sample-tokens", type=int, default=200, help="tokens to sample at the end (0: none)"
     )
     t.add_argument("--prompt", default="", help="prompt for the final sample")
+    t.add_argument(
+        "--init-from",
+        metavar="RUN",
+        help="start a new --out run from RUN's latest checkpoint (its state and step; e.g. a "
+        "run written by lm import-hf, to fine-tune); without --config, RUN's config + --set",
+    )
     t.add_argument("--temperature", type=float, default=0.8, help="for the final sample")
     t.add_argument(
         "--distributed",
@@ -288,6 +323,9 @@ def _add_optional(sub) -> None:
     from lm.scaling.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
+    from lm.hf import add_parsers as add_hf_parsers
+
+    add_hf_parsers(sub)
     try:
         from lm.sampling_cli import add_parsers
     except ImportError:

@@ -342,6 +342,150 @@ def _canonical(proto: bytes) -> bytes:
     return m.SerializeToString(deterministic=True)
 
 
+# ---------------------------------------------------------------- imported (Hugging Face)
+
+
+class HFTokenizer:
+    """A tokenizer that came with a Hugging Face checkpoint (`lm import-hf`), kept as it was.
+
+    backend "sentencepiece": the checkpoint's `tokenizer.model`, with the model's own
+    normalization (Llama's dummy prefix, no pad piece): unlike `SentencePieceTokenizer` it is
+    not required to round-trip every string exactly, since the weights were trained on its
+    splits as they are. backend "tokenizers": the checkpoint's `tokenizer.json`, through the
+    optional `tokenizers` package (pip install 'lm[convert]'). The special ids come from the
+    checkpoint's config. Saved in a run directory as tokenizer.json
+    {"kind": "hf", "backend", "bos_id", "eos_id", "pad_id", "data"}, where data is the
+    tokenizer.json text or the base64 sentencepiece proto: one file, no pickle.
+    """
+
+    def __init__(self, backend: str, data: bytes | str, bos_id: int, eos_id: int, pad_id: int):
+        if backend == "sentencepiece":
+            import sentencepiece as spm
+
+            self._data = bytes(data)
+            try:
+                self._sp = spm.SentencePieceProcessor(model_proto=self._data)
+            except Exception as e:  # a multi-line RuntimeError status
+                raise ValueError("not a valid sentencepiece model") from e
+            self.vocab_size = self._sp.get_piece_size()
+        elif backend == "tokenizers":
+            try:
+                from tokenizers import Tokenizer as HFTok
+            except ImportError:
+                raise ValueError(
+                    "a tokenizer.json tokenizer needs the tokenizers package: "
+                    "pip install 'lm[convert]'"
+                ) from None
+            self._data = data if isinstance(data, str) else bytes(data).decode("utf-8")
+            try:
+                self._tk = HFTok.from_str(self._data)
+            except Exception as e:  # tokenizers raises its own Exception subclass
+                raise ValueError(f"not a valid tokenizer.json ({str(e).splitlines()[0]})") from e
+            self.vocab_size = self._tk.get_vocab_size(with_added_tokens=True)
+        else:
+            raise ValueError(f"backend={backend!r}: must be 'sentencepiece' or 'tokenizers'")
+        self.backend = backend
+        for name, i in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
+            if not (isinstance(i, int) and 0 <= i < self.vocab_size):
+                raise ValueError(f"{name}={i!r}: not an id of the {self.vocab_size}-token vocab")
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+
+    @property
+    def spec(self) -> dict:
+        data = self._data
+        if self.backend == "sentencepiece":
+            import base64
+
+            data = base64.b64encode(self._data).decode("ascii")
+        ids = {"bos_id": self.bos_id, "eos_id": self.eos_id, "pad_id": self.pad_id}
+        return {"kind": "hf", "backend": self.backend, **ids, "data": data}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> HFTokenizer:
+        data = spec["data"]
+        if spec["backend"] == "sentencepiece":
+            import base64
+
+            data = base64.b64decode(data)
+        return cls(spec["backend"], data, spec["bos_id"], spec["eos_id"], spec["pad_id"])
+
+    @property
+    def identity(self) -> str:
+        raw = self._data if isinstance(self._data, bytes) else self._data.encode("utf-8")
+        ids = f"{self.bos_id},{self.eos_id},{self.pad_id}".encode()
+        return "hf-" + hashlib.blake2b(raw + ids, digest_size=8).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0].tolist()
+
+    def encode_batch(
+        self, texts: Sequence[str], num_threads: int | None = None
+    ) -> list[np.ndarray]:
+        for t in texts:
+            t.encode("utf-8")  # a lone surrogate: Python's own UnicodeEncodeError (a ValueError)
+        if self.backend == "sentencepiece":
+            ids = self._sp.encode(list(texts), num_threads=num_threads or 1)
+        else:
+            ids = [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=False)]
+        return [np.asarray(i, np.int32) for i in ids]
+
+    def _check(self, ids: list[int]) -> list[int]:
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} out of range for vocab_size {self.vocab_size}")
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = self._check(_ids(ids))
+        if self.backend == "sentencepiece":
+            return self._sp.decode(ids)
+        return self._tk.decode(ids, skip_special_tokens=False)
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        ids = self._check(_ids(ids))
+        if self.backend == "sentencepiece":
+            return [self._sp.id_to_piece(i) for i in ids]
+        return [self._tk.id_to_token(i) for i in ids]
+
+    def token_bytes(self) -> np.ndarray:
+        tb = np.zeros(self.vocab_size, np.int64)
+        if self.backend == "sentencepiece":
+            sp = self._sp
+            for i in range(self.vocab_size):
+                if sp.is_byte(i):
+                    tb[i] = 1
+                elif not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)):
+                    tb[i] = len(sp.id_to_piece(i).replace(SPACE, " ").encode("utf-8"))
+            return tb
+        spec = json.loads(self._data)
+        special = {t["id"] for t in spec.get("added_tokens") or [] if t.get("special")}
+        # Byte-level BPE (GPT-2) spells each byte as one printable character.
+        byte_level = '"ByteLevel"' in json.dumps(spec.get("decoder"))
+        for i in range(self.vocab_size):
+            piece = self._tk.id_to_token(i)
+            if i in special or piece is None:
+                continue
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                tb[i] = 1  # a byte-fallback piece
+            elif byte_level:
+                tb[i] = len(piece)
+            else:
+                tb[i] = len(piece.replace(SPACE, " ").encode("utf-8"))
+        return tb
+
+    def __reduce__(self):
+        return (HFTokenizer.from_spec, (self.spec,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HFTokenizer) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.identity)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self.backend}, vocab_size={self.vocab_size}, {self.identity})"
+
+
 # ---------------------------------------------------------------- saving and loading
 
 
@@ -388,6 +532,11 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
                 return SymbolTokenizer.from_spec(spec)
             except (KeyError, TypeError, ValueError) as e:
                 raise ValueError(f"{byte_path}: bad symbols tokenizer ({e})") from None
+        if isinstance(spec, dict) and spec.get("kind") == "hf":  # from lm import-hf
+            try:
+                return HFTokenizer.from_spec(spec)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{byte_path}: bad imported tokenizer ({e})") from None
         if spec != {"kind": "byte"}:
             raise ValueError(f'{byte_path}: not a tokenizer file (expected {{"kind": "byte"}})')
         return ByteTokenizer()
@@ -469,6 +618,7 @@ def build_tokenizer(cfg: DataConfig) -> Tokenizer:
 __all__ = [
     "SPACE",
     "ByteTokenizer",
+    "HFTokenizer",
     "SentencePieceTokenizer",
     "Tokenizer",
     "build_tokenizer",

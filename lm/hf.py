@@ -1,0 +1,855 @@
+"""Hugging Face checkpoints in and out: Llama-family and GPT-2 models as our params and config.
+
+`import_hf(hf_dir, run_dir)` reads a local model directory (config.json, safetensors weights in
+one file or in shards listed by model.safetensors.index.json, and the tokenizer) and writes a
+run directory (config.yaml, tokenizer, a step-0 checkpoint) that `lm sample`, `inspect`, `eval`
+and `train` take. `export_hf(run_dir, out_dir)` writes the reverse: config.json,
+model.safetensors and the tokenizer, which `transformers` loads as LlamaForCausalLM or
+GPT2LMHeadModel.
+
+Every config.json field that changes the computation is either mapped onto `ModelConfig` or
+refused with one line naming it (`HFError`), before any weight is read. Weights are read and
+written as safetensors only, never unpickled (`pytorch_model.bin` is refused), and imported as
+float32 whatever their stored dtype (bfloat16 widens exactly).
+
+How the weights correspond (ours as in lm.model; HF Linear weights are [out, in], GPT-2's
+Conv1D weights [in, out]; layer i of a stacked [L, ...] weight is HF's layer i):
+
+  ours                    Llama (model.*)                      GPT-2 (transformer.*)
+  embed [V, D]            embed_tokens.weight                  wte.weight
+  pos_embed [P, D]        -                                    wpe.weight
+  attn_norm.scale/bias    layers.i.input_layernorm.weight      h.i.ln_1.weight/bias
+  wq, wk, wv [D, n, H]    layers.i.self_attn.{q,k,v}_proj      h.i.attn.c_attn (q|k|v columns)
+  wo [N, H, D]            layers.i.self_attn.o_proj            h.i.attn.c_proj
+  mlp_norm.scale/bias     layers.i.post_attention_layernorm    h.i.ln_2
+  w_gate, w_up [D, F]     layers.i.mlp.{gate,up}_proj          h.i.mlp.c_fc (w_up)
+  w_down [F, D]           layers.i.mlp.down_proj               h.i.mlp.c_proj
+  final_norm              norm.weight                          ln_f.weight/bias
+  unembed [D, V]          lm_head.weight (absent when tied)    lm_head.weight (when untied)
+
+Our rotary embedding already rotates the two halves of each head, as HF's Llama does, so q and
+k need no permutation; our GELU is the tanh approximation, which is GPT-2's "gelu_new".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lm import config as config_lib
+from lm.config import Config, DataConfig, ModelConfig, TrainConfig
+
+CONFIG_JSON = "config.json"
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+LLAMA_TYPES = ("llama", "mistral")  # mistral is llama plus a sliding window, refused below
+GPT2_ACTS = ("gelu_new", "gelu_pytorch_tanh")  # both the tanh approximation
+# HF buffers some checkpoints carry that are functions of the config, not weights.
+_BUFFERS = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+# Model keys a user may change on import: they do not change what the weights mean.
+_MODEL_OVERRIDABLE = {"param_dtype", "compute_dtype", "remat", "scan_layers"}
+
+
+class HFError(ValueError):
+    """An unsupported or malformed checkpoint; one line naming the file and field."""
+
+
+# ---------------------------------------------------------------- config.json <-> ModelConfig
+
+
+def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
+    path = Path(hf_dir) / CONFIG_JSON
+    if not path.is_file():
+        raise HFError(f"{hf_dir}: no {CONFIG_JSON} (not a Hugging Face model directory)")
+    try:
+        hf = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise HFError(f"{path}: not valid JSON") from None
+    if not isinstance(hf, dict):
+        raise HFError(f"{path}: expected a JSON object")
+    return hf
+
+
+def _field(hf: dict, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    if key not in hf or hf[key] is None:
+        if default is ...:
+            raise HFError(f"{CONFIG_JSON}: {key} is missing")
+        return default
+    v = hf[key]
+    if kind is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+        raise HFError(f"{CONFIG_JSON}: {key}={v!r}: expected {getattr(kind, '__name__', kind)}")
+    return v
+
+
+def _refuse(hf: dict, key: str, ok, why: str) -> None:
+    """Raise unless hf[key] (absent reads as None) passes `ok`."""
+    if not ok(hf.get(key)):
+        raise HFError(f"{CONFIG_JSON}: {key}={hf.get(key)!r} is not supported ({why})")
+
+
+def _rope_fields(hf: dict, max_seq_len: int) -> dict[str, Any]:
+    """RoPE theta and scaling, from transformers 5's rope_parameters or 4's rope_theta and
+    rope_scaling (`type` or `rope_type`)."""
+    params = hf.get("rope_parameters")
+    key = "rope_parameters"
+    if params is None:
+        key = "rope_scaling"
+        params = dict(hf.get("rope_scaling") or {})
+        params.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
+    if not isinstance(params, dict):
+        raise HFError(f"{CONFIG_JSON}: {key}={params!r}: expected an object")
+    kind = params.get("rope_type", params.get("type")) or "default"
+    theta = _field(params, "rope_theta", float, 10000.0)
+    out: dict[str, Any] = {"rope_theta": theta}
+    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+    if partial not in (None, 1, 1.0):
+        raise HFError(
+            f"{CONFIG_JSON}: partial_rotary_factor={partial!r} is not supported (every "
+            "head dim is rotated here)"
+        )
+    if kind == "default":
+        return out
+    if kind not in ("linear", "llama3"):
+        raise HFError(
+            f"{CONFIG_JSON}: {key}.rope_type={kind!r} is not supported (default, linear and "
+            "llama3 are)"
+        )
+    sub = {k: v for k, v in params.items() if v is not None}
+    try:
+        out |= {"rope_scaling": kind, "rope_scaling_factor": _field(sub, "factor", float)}
+        if kind == "llama3":
+            out |= {
+                "rope_low_freq_factor": _field(sub, "low_freq_factor", float),
+                "rope_high_freq_factor": _field(sub, "high_freq_factor", float),
+                "rope_original_max_seq_len": _field(
+                    sub, "original_max_position_embeddings", int, max_seq_len
+                ),
+            }
+    except HFError as e:
+        raise HFError(str(e).replace(f"{CONFIG_JSON}: ", f"{CONFIG_JSON}: {key}.")) from None
+    return out
+
+
+def model_config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, str]:
+    """(our ModelConfig, family "llama" or "gpt2") for a config.json; HFError names the first
+    field we cannot represent exactly."""
+    mt = hf.get("model_type")
+    if mt in LLAMA_TYPES:
+        return _llama_config(hf), "llama"
+    if mt == "gpt2":
+        return _gpt2_config(hf), "gpt2"
+    raise HFError(
+        f"{CONFIG_JSON}: model_type={mt!r} is not supported (llama, mistral without a "
+        "sliding window, and gpt2 are)"
+    )
+
+
+def _llama_config(hf: dict) -> ModelConfig:
+    D = _field(hf, "hidden_size", int)
+    N = _field(hf, "num_attention_heads", int)
+    K = _field(hf, "num_key_value_heads", int, N)
+    if N <= 0 or D % N:
+        raise HFError(
+            f"{CONFIG_JSON}: hidden_size={D} is not a multiple of num_attention_heads={N}"
+        )
+    _refuse(hf, "head_dim", lambda v: v in (None, D // N), f"only hidden_size / heads = {D // N}")
+    _refuse(hf, "hidden_act", lambda v: v in (None, "silu"), "only silu (SwiGLU)")
+    _refuse(hf, "sliding_window", lambda v: v is None, "attention is always full here")
+    _refuse(hf, "use_sliding_window", lambda v: not v, "attention is always full here")
+    P = _field(hf, "max_position_embeddings", int)
+    return ModelConfig(
+        n_layers=_field(hf, "num_hidden_layers", int),
+        d_model=D,
+        n_heads=N,
+        n_kv_heads=None if K == N else K,
+        d_ff=_field(hf, "intermediate_size", int),
+        vocab_size=_field(hf, "vocab_size", int),
+        max_seq_len=P,
+        norm="rmsnorm",
+        positions="rope",
+        mlp="swiglu",
+        tied_embeddings=_field(hf, "tie_word_embeddings", bool, False),
+        # one switch here for both; a missing half is zeros (see _entries)
+        bias=_field(hf, "attention_bias", bool, False) or _field(hf, "mlp_bias", bool, False),
+        norm_eps=_field(hf, "rms_norm_eps", float, 1e-6),
+        **_rope_fields(hf, P),
+    )
+
+
+def _gpt2_config(hf: dict) -> ModelConfig:
+    _refuse(hf, "activation_function", lambda v: v in (None, *GPT2_ACTS), "only gelu_new")
+    _refuse(hf, "scale_attn_weights", lambda v: v in (None, True), "scores are scaled here")
+    _refuse(hf, "scale_attn_by_inverse_layer_idx", lambda v: not v, "no per-layer scaling")
+    _refuse(hf, "add_cross_attention", lambda v: not v, "decoder-only")
+    D = _field(hf, "n_embd", int)
+    return ModelConfig(
+        n_layers=_field(hf, "n_layer", int),
+        d_model=D,
+        n_heads=_field(hf, "n_head", int),
+        d_ff=_field(hf, "n_inner", int, 4 * D),
+        vocab_size=_field(hf, "vocab_size", int),
+        max_seq_len=_field(hf, "n_positions", int),
+        norm="layernorm",
+        positions="learned",
+        mlp="gelu",
+        tied_embeddings=_field(hf, "tie_word_embeddings", bool, True),
+        bias=True,
+        norm_eps=_field(hf, "layer_norm_epsilon", float, 1e-5),
+    )
+
+
+def hf_config_from_model(m: ModelConfig, tok=None) -> dict[str, Any]:
+    """A config.json for our model: GPT-2 when it has GPT-2's shape, else Llama. Raises
+    HFError naming the model key that neither can express."""
+    ids = {}
+    if tok is not None:
+        ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id}
+        ids["pad_token_id"] = tok.pad_id
+    common = {"vocab_size": m.vocab_size, "tie_word_embeddings": m.tied_embeddings, **ids}
+    common["torch_dtype"] = "float32"
+    if _family(m) == "gpt2":
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "n_embd": m.d_model,
+            "n_layer": m.n_layers,
+            "n_head": m.n_heads,
+            "n_inner": m.ffw_dim,
+            "n_positions": m.max_seq_len,
+            "n_ctx": m.max_seq_len,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": m.norm_eps,
+            "attn_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "resid_pdrop": 0.0,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            **common,
+        }
+    rope: dict[str, Any] | None = None
+    if m.rope_scaling == "linear":
+        rope = {"rope_type": "linear", "factor": m.rope_scaling_factor}
+    elif m.rope_scaling == "llama3":
+        rope = {
+            "rope_type": "llama3",
+            "factor": m.rope_scaling_factor,
+            "low_freq_factor": m.rope_low_freq_factor,
+            "high_freq_factor": m.rope_high_freq_factor,
+            "original_max_position_embeddings": m.rope_original_max_seq_len,
+        }
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": m.d_model,
+        "num_hidden_layers": m.n_layers,
+        "num_attention_heads": m.n_heads,
+        "num_key_value_heads": m.kv_heads,
+        "head_dim": m.head_dim,
+        "intermediate_size": m.ffw_dim,
+        "max_position_embeddings": m.max_seq_len,
+        "hidden_act": "silu",
+        "rms_norm_eps": m.norm_eps,
+        "rope_theta": m.rope_theta,
+        "rope_scaling": rope,
+        "attention_bias": m.bias,
+        "attention_dropout": 0.0,
+        "mlp_bias": m.bias,
+        **common,
+    }
+
+
+def _family(m: ModelConfig) -> str:
+    """Which HF architecture holds our model exactly (its biases may be zero-filled)."""
+    if m.norm == "layernorm" and m.positions == "learned" and m.mlp == "gelu":
+        if m.kv_heads != m.n_heads:
+            raise HFError(f"model.n_kv_heads={m.n_kv_heads}: GPT-2 has no grouped-query attention")
+        return "gpt2"
+    for key, want in (("norm", "rmsnorm"), ("positions", "rope"), ("mlp", "swiglu")):
+        if getattr(m, key) != want:
+            raise HFError(
+                f"model.{key}={getattr(m, key)!r}: neither GPT-2 (layernorm, learned, gelu) nor "
+                "Llama (rmsnorm, rope, swiglu) has this combination"
+            )
+    return "llama"
+
+
+# ---------------------------------------------------------------- the weight correspondence
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    ours: str  # path in our params, "layers.wq" (stacked over L) or "embed"; "": none, zeros
+    hf: str | None  # HF name ("{i}": the layer); None: not in the file, ours are zeros
+    n_in: int | None  # matrices: our leading input axes; None: a vector, flattened
+    linear: bool = True  # HF Linear [out, in] (transposed) vs GPT-2 Conv1D [in, out]
+
+
+def _entries(m: ModelConfig, family: str, hf: dict | None = None) -> list[_Entry]:
+    """The correspondence for model `m`; `hf` (an imported config.json) says which of Llama's
+    optional biases the file holds (exports write them all)."""
+    E = _Entry
+    if family == "llama":
+        at, ml = "model.layers.{i}.self_attn.", "model.layers.{i}.mlp."
+        out = [
+            E("embed", "model.embed_tokens.weight", 0, False),
+            E("final_norm.scale", "model.norm.weight", None),
+            E("layers.attn_norm.scale", "model.layers.{i}.input_layernorm.weight", None),
+            E("layers.mlp_norm.scale", "model.layers.{i}.post_attention_layernorm.weight", None),
+            E("layers.wq", at + "q_proj.weight", 1),
+            E("layers.wk", at + "k_proj.weight", 1),
+            E("layers.wv", at + "v_proj.weight", 1),
+            E("layers.wo", at + "o_proj.weight", 2),
+            E("layers.w_gate", ml + "gate_proj.weight", 1),
+            E("layers.w_up", ml + "up_proj.weight", 1),
+            E("layers.w_down", ml + "down_proj.weight", 1),
+        ]
+        if m.bias:
+            attn_b = hf is None or bool(hf.get("attention_bias"))
+            mlp_b = hf is None or bool(hf.get("mlp_bias"))
+            out += [
+                E(f"layers.b{c}", at + f"{c}_proj.bias" if attn_b else None, None) for c in "qkvo"
+            ]
+            out += [E("layers.b_up", ml + "up_proj.bias" if mlp_b else None, None)]
+            out += [E("layers.b_down", ml + "down_proj.bias" if mlp_b else None, None)]
+            if mlp_b:  # our gated MLP has no gate bias: it must be zero
+                out += [E("", ml + "gate_proj.bias", None)]
+        if not m.tied_embeddings:
+            out.append(E("unembed", "lm_head.weight", 1))
+        return out
+    h = "transformer.h.{i}."
+    out = [
+        E("embed", "transformer.wte.weight", 0, False),
+        E("pos_embed", "transformer.wpe.weight", 0, False),
+        E("final_norm.scale", "transformer.ln_f.weight", None),
+        E("final_norm.bias", "transformer.ln_f.bias", None),
+        E("layers.attn_norm.scale", h + "ln_1.weight", None),
+        E("layers.attn_norm.bias", h + "ln_1.bias", None),
+        E("layers.mlp_norm.scale", h + "ln_2.weight", None),
+        E("layers.mlp_norm.bias", h + "ln_2.bias", None),
+        # c_attn holds q|k|v side by side; it is split into these three names on import
+        E("layers.wq", h + "attn.c_attn.weight#q", 1, False),
+        E("layers.wk", h + "attn.c_attn.weight#k", 1, False),
+        E("layers.wv", h + "attn.c_attn.weight#v", 1, False),
+        E("layers.bq", h + "attn.c_attn.bias#q", None),
+        E("layers.bk", h + "attn.c_attn.bias#k", None),
+        E("layers.bv", h + "attn.c_attn.bias#v", None),
+        E("layers.wo", h + "attn.c_proj.weight", 2, False),
+        E("layers.bo", h + "attn.c_proj.bias", None),
+        E("layers.w_up", h + "mlp.c_fc.weight", 1, False),
+        E("layers.b_up", h + "mlp.c_fc.bias", None),
+        E("layers.w_down", h + "mlp.c_proj.weight", 1, False),
+        E("layers.b_down", h + "mlp.c_proj.bias", None),
+    ]
+    if not m.tied_embeddings:
+        out.append(E("unembed", "lm_head.weight", 1))
+    return out
+
+
+def _to_hf(a: np.ndarray, e: _Entry) -> np.ndarray:
+    """One of our (per-layer) weights in HF's layout."""
+    if e.n_in is None:
+        return a.reshape(-1)
+    if e.n_in == 0:  # an embedding table: the same [rows, D] both sides
+        return a
+    a2 = a.reshape(math.prod(a.shape[: e.n_in]), -1)
+    return np.ascontiguousarray(a2.T) if e.linear else a2
+
+
+def _hf_shape(shape: tuple[int, ...], e: _Entry) -> tuple[int, ...]:
+    return _to_hf(np.empty(shape, np.uint8), e).shape
+
+
+def _from_hf(a: np.ndarray, e: _Entry, shape: tuple[int, ...]) -> np.ndarray:
+    if e.n_in not in (None, 0) and e.linear:
+        a = a.T
+    return np.ascontiguousarray(a).reshape(shape)
+
+
+def _our_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
+    from lm import model
+    from lm.export import flatten
+
+    specs = flatten(model.param_specs(m))
+    return {k: v.shape for k, v in specs.items()}
+
+
+# ---------------------------------------------------------------- safetensors files
+
+
+_ST_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+    try:
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > path.stat().st_size - 8:
+                raise ValueError
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        raise HFError(f"{path}: not a safetensors file") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def _weight_files(hf_dir: Path) -> list[Path]:
+    index = hf_dir / WEIGHTS_INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise HFError(f"{index}: no weight_map of tensor names to shard files") from None
+        files = [hf_dir / n for n in names]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise HFError(f"{index}: shard {missing[0].name} is missing")
+        return files
+    if (hf_dir / WEIGHTS).is_file():
+        return [hf_dir / WEIGHTS]
+    if any(hf_dir.glob("*.bin")) or any(hf_dir.glob("*.pt")):
+        raise HFError(
+            f"{hf_dir}: only pickled weights (*.bin); convert them to safetensors first "
+            "(pickles can run code, so they are never loaded here)"
+        )
+    raise HFError(f"{hf_dir}: no {WEIGHTS} or {WEIGHTS_INDEX}")
+
+
+class _Tensors:
+    """Tensor headers of every shard now; bytes only when a tensor is asked for."""
+
+    def __init__(self, files: list[Path]):
+        self.where: dict[str, tuple[Path, int, dict]] = {}
+        for f in files:
+            header, start = _read_header(f)
+            for name, info in header.items():
+                if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
+                    dtype = info.get("dtype") if isinstance(info, dict) else info
+                    raise HFError(f"{f}: tensor {name} has dtype {dtype!r} (not a float)")
+                self.where[name] = (f, start, info)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.where[name][2]["shape"])
+
+    def get(self, name: str) -> np.ndarray:
+        f, start, info = self.where[name]
+        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        n = math.prod(info["shape"])
+        if end - begin != n * dtype.itemsize or start + end > f.stat().st_size:
+            raise HFError(f"{f}: tensor {name}: its bytes do not fit its shape or the file")
+        raw = np.fromfile(f, dtype, n, offset=start + begin)
+        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32).reshape(info["shape"])
+
+
+def _canonical_names(names: list[str], family: str) -> dict[str, str]:
+    """{name as our table spells it: name in the file}; files saved from the bare base model
+    (GPT2Model, LlamaModel) lack the `transformer.` / `model.` prefix."""
+    prefix = "model." if family == "llama" else "transformer."
+    out = {}
+    for n in names:
+        full = n if n.startswith((prefix, "lm_head.")) else prefix + n
+        out[full] = n
+    return out
+
+
+def read_params(
+    hf_dir: str | Path, m: ModelConfig, family: str, hf: dict | None = None
+) -> dict[str, Any]:
+    """Our params (nested, numpy float32) from the checkpoint's safetensors files."""
+    from lm.export import unflatten
+
+    hf_dir = Path(hf_dir)
+    store = _Tensors(_weight_files(hf_dir))
+    names = _canonical_names(list(store.where), family)
+    shapes = _our_shapes(m)
+    L = m.n_layers
+    used: set[str] = set()
+    D = m.d_model
+    qkv = {"q": (0, D), "k": (D, 2 * D), "v": (2 * D, 3 * D)}
+
+    def fetch(hf_name: str, want: tuple[int, ...]) -> np.ndarray:
+        base, _, part = hf_name.partition("#")
+        if base not in names:
+            raise HFError(f"{hf_dir}: tensor {base} is missing from the checkpoint")
+        used.add(names[base])
+        got = store.shape(names[base])
+        if part:  # one third of GPT-2's fused q|k|v (columns of the weight, entries of the bias)
+            lo, hi = qkv[part]
+            full = (*want[:-1], 3 * want[-1])
+            if got != full:
+                raise HFError(
+                    f"{hf_dir}: tensor {base} has shape {list(got)}, expected {list(full)}"
+                )
+            return store.get(names[base])[..., lo:hi]
+        if got != want:
+            raise HFError(f"{hf_dir}: tensor {base} has shape {list(got)}, expected {list(want)}")
+        return store.get(names[base])
+
+    flat: dict[str, np.ndarray] = {}
+    for e in _entries(m, family, hf):
+        if e.ours == "":
+            for i in range(L):
+                if np.any(fetch(e.hf.format(i=i), (m.ffw_dim,))):
+                    raise HFError(f"{hf_dir}: {e.hf.format(i=i)} is not zero (unsupported)")
+            continue
+        shape = shapes[e.ours]
+        if e.hf is None:
+            flat[e.ours] = np.zeros(shape, np.float32)
+        elif e.ours.startswith("layers."):
+            per = shape[1:]
+            want = _hf_shape(per, e)
+            flat[e.ours] = np.stack(
+                [_from_hf(fetch(e.hf.format(i=i), want), e, per) for i in range(L)]
+            )
+        else:
+            flat[e.ours] = _from_hf(fetch(e.hf, _hf_shape(shape, e)), e, shape)
+    tied_head = "lm_head.weight" if m.tied_embeddings else None
+    extra = [
+        n for n in store.where
+        if n not in used and not n.endswith(_BUFFERS) and n not in (tied_head,)
+    ]  # fmt: skip
+    if extra:
+        raise HFError(
+            f"{hf_dir}: tensor {extra[0]} has no place in a {family} model with this config "
+            f"({len(extra)} such tensors)"
+        )
+    return unflatten(flat)
+
+
+def hf_tensors(params: dict[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
+    """Our params as HF-named float32 tensors (GPT-2 biases our model lacks are zeros)."""
+    from lm.export import flatten
+
+    family = _family(m)
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    shapes = _our_shapes(dataclasses.replace(m, bias=True) if family == "gpt2" else m)
+    out: dict[str, np.ndarray] = {}
+    for e in _entries(m, family):
+        if e.ours == "":
+            a = np.zeros((m.n_layers, m.ffw_dim), np.float32)
+        elif (a := flat.get(e.ours)) is None:  # a bias-free model in GPT-2's biased layout
+            a = np.zeros(shapes[e.ours], np.float32)
+        if e.ours == "" or e.ours.startswith("layers."):
+            for i in range(m.n_layers):
+                out[e.hf.format(i=i)] = _to_hf(a[i], e)
+        else:
+            out[e.hf] = _to_hf(a, e)
+    for name in [n for n in out if n.endswith("#q")]:  # fuse GPT-2's q|k|v back
+        base = name[:-2]
+        parts = [out.pop(f"{base}#{c}") for c in "qkv"]
+        out[base] = np.concatenate(parts, axis=-1)
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def _special_id(hf_dir: Path, hf: dict, name: str, lookup) -> int | None:
+    """config.json's <name>_token_id, else the token string tokenizer_config.json names."""
+    v = hf.get(f"{name}_token_id")
+    if isinstance(v, list):  # several end tokens (Llama 3): the first is the document end
+        v = v[0] if v else None
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    for fname in ("tokenizer_config.json", "special_tokens_map.json"):
+        p = hf_dir / fname
+        if not p.is_file():
+            continue
+        try:
+            tok = json.loads(p.read_text()).get(f"{name}_token")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(tok, dict):
+            tok = tok.get("content")
+        if isinstance(tok, str) and lookup(tok) is not None:
+            return lookup(tok)
+    return None
+
+
+def read_tokenizer(hf_dir: str | Path, hf: dict[str, Any]):
+    """The checkpoint's tokenizer as an lm.tokenizer.HFTokenizer: tokenizer.model
+    (sentencepiece) when present, else tokenizer.json (the `tokenizers` package)."""
+    from lm.tokenizer import HFTokenizer
+
+    hf_dir = Path(hf_dir)
+    sp_path, tj_path = hf_dir / "tokenizer.model", hf_dir / "tokenizer.json"
+    if sp_path.is_file():
+        import sentencepiece as spm
+
+        data: bytes | str = sp_path.read_bytes()
+        backend = "sentencepiece"
+        try:
+            sp = spm.SentencePieceProcessor(model_proto=data)
+        except Exception:
+            raise HFError(f"{sp_path}: not a sentencepiece model") from None
+        lookup = lambda s: sp.piece_to_id(s) if sp.piece_to_id(s) != sp.unk_id() else None
+        defaults = {"bos": sp.bos_id(), "eos": sp.eos_id(), "pad": sp.pad_id()}
+    elif tj_path.is_file():
+        try:
+            from tokenizers import Tokenizer as HFTok
+        except ImportError:
+            raise HFError(
+                f"{tj_path}: reading it needs the tokenizers package: pip install 'lm[convert]'"
+            ) from None
+        data = tj_path.read_text()
+        backend = "tokenizers"
+        try:
+            tk = HFTok.from_str(data)
+        except Exception:  # tokenizers' own exception type
+            raise HFError(f"{tj_path}: not a tokenizers tokenizer.json") from None
+        lookup = tk.token_to_id
+        defaults = {}
+    else:
+        raise HFError(f"{hf_dir}: no tokenizer.model or tokenizer.json")
+    ids = {n: _special_id(hf_dir, hf, n, lookup) for n in ("bos", "eos", "pad")}
+    ids = {n: v if v is not None and v >= 0 else defaults.get(n) for n, v in ids.items()}
+    ids = {n: v if v is not None and v >= 0 else None for n, v in ids.items()}
+    if ids["eos"] is None and ids["bos"] is None:
+        raise HFError(f"{CONFIG_JSON}: eos_token_id and bos_token_id are missing (no special ids)")
+    # GPT-2 has one <|endoftext|> for both ends and no pad; padding is never attended to.
+    ids["bos"] = ids["bos"] if ids["bos"] is not None else ids["eos"]
+    ids["eos"] = ids["eos"] if ids["eos"] is not None else ids["bos"]
+    ids["pad"] = ids["pad"] if ids["pad"] is not None else ids["eos"]
+    try:
+        return HFTokenizer(backend, data, ids["bos"], ids["eos"], ids["pad"])
+    except ValueError as e:
+        raise HFError(f"{hf_dir}: tokenizer: {e}") from None
+
+
+def write_tokenizer(tok, out_dir: Path) -> list[str]:
+    """The tokenizer files transformers reads; [] when ours has no HF form (byte-level ids of
+    our own ByteTokenizer have none)."""
+    from lm.tokenizer import HFTokenizer, SentencePieceTokenizer
+
+    if isinstance(tok, HFTokenizer):
+        spec = tok.spec
+        if tok.backend == "tokenizers":
+            (out_dir / "tokenizer.json").write_text(spec["data"])
+            files = ["tokenizer.json"]
+        else:
+            import base64
+
+            (out_dir / "tokenizer.model").write_bytes(base64.b64decode(spec["data"]))
+            files = ["tokenizer.model"]
+    elif isinstance(tok, SentencePieceTokenizer):
+        (out_dir / "tokenizer.model").write_bytes(tok.proto)
+        files = ["tokenizer.model"]
+    else:
+        return []
+    pieces = tok.pieces([tok.bos_id, tok.eos_id, tok.pad_id])
+    cfg = {"bos_token": pieces[0], "eos_token": pieces[1], "pad_token": pieces[2]}
+    if files == ["tokenizer.model"]:
+        cfg |= {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "legacy": False}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+    return [*files, "tokenizer_config.json"]
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def _run_config(m: ModelConfig, tok, overrides: list[str]) -> Config:
+    """The run's config: the checkpoint's model, a tokenizer label, training defaults fitted
+    to its context, then the user's --set overrides (model keys that change what the weights
+    mean are refused)."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("model.") and key[6:] not in _MODEL_OVERRIDABLE:
+            raise config_lib.ConfigError(
+                f"{key}: fixed by the checkpoint's config.json (only model."
+                f"{', model.'.join(sorted(_MODEL_OVERRIDABLE))} may be set)"
+            )
+    # data.tokenizer is only a label once the run directory holds the tokenizer, but validate
+    # checks model.vocab_size against tokenizer_vocab.
+    vocab = max(260, min(tok.vocab_size, m.vocab_size))
+    cfg = Config(
+        model=m,
+        data=DataConfig(tokenizer="bpe", tokenizer_vocab=vocab),
+        train=TrainConfig(seq_len=min(TrainConfig.seq_len, m.max_seq_len)),
+    )
+    raw = config_lib.apply_overrides(config_lib.to_dict(cfg), overrides)
+    return config_lib.from_dict(raw)
+
+
+def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: list[str] = ()) -> Path:
+    """Write `run_dir` (config.yaml, tokenizer, step-0 checkpoint) from a HF model directory.
+    Every check (config fields, tokenizer, tensor names and shapes) runs before any weight is
+    read or anything is written."""
+    import jax
+
+    from lm import checkpoint, sharding, train
+    from lm.loop import prepare_run_dir
+    from lm.tokenizer import save_tokenizer
+
+    hf_dir, run_dir = Path(hf_dir).expanduser(), Path(run_dir).expanduser()
+    if (run_dir / checkpoint.CONFIG_FILE).exists() or (run_dir / checkpoint.CKPT_DIR).exists():
+        raise HFError(f"--out {run_dir}: already a run directory; choose a new one")
+    hf = read_hf_config(hf_dir)
+    m, family = model_config_from_hf(hf)
+    tok = read_tokenizer(hf_dir, hf)
+    if tok.vocab_size > m.vocab_size:
+        raise HFError(
+            f"{CONFIG_JSON}: vocab_size={m.vocab_size} is smaller than the tokenizer's "
+            f"{tok.vocab_size} tokens"
+        )
+    cfg = _run_config(m, tok, list(overrides))
+    params = read_params(hf_dir, cfg.model, family, hf)
+
+    mesh = sharding.make_mesh(cfg.mesh)
+    opt = train.make_optimizer(cfg)
+    _, shardings = train.state_specs(cfg, opt, mesh)
+    dtype = jax.numpy.dtype(cfg.model.param_dtype)
+
+    def make_state(p):
+        # A fresh optimizer state around the imported weights, at step 0: `lm train` on this
+        # directory resumes from it and `lm train --init-from` branches a new run off it. (The
+        # random init inside init_state is unused, and compiled away.)
+        p = jax.tree.map(lambda a: a.astype(dtype), p)
+        return {**train.init_state(cfg, opt, cfg.train.seed), "params": p, "opt_state": opt.init(p)}
+
+    state = jax.jit(make_state, out_shardings=shardings)(params)
+    prepare_run_dir(cfg, run_dir)
+    save_tokenizer(tok, run_dir)
+    mgr = checkpoint.manager(run_dir, keep=cfg.train.keep_ckpts)
+    checkpoint.save(mgr, 0, state)
+    mgr.wait_until_finished()
+    mgr.close()
+    (run_dir / "imported_from.json").write_text(
+        json.dumps({"path": str(hf_dir.absolute()), "model_type": hf.get("model_type")}) + "\n"
+    )
+    return run_dir
+
+
+def export_hf(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
+    """Write a run's checkpoint as a HF model directory (config.json, model.safetensors,
+    generation_config.json and the tokenizer where it has a HF form)."""
+    import safetensors.numpy
+
+    from lm import checkpoint
+
+    run_dir, out_dir = Path(run_dir).expanduser(), Path(out_dir).expanduser()
+    cfg_path = run_dir / checkpoint.CONFIG_FILE
+    if not cfg_path.is_file():
+        raise HFError(f"--run {run_dir}: not a run directory (no {checkpoint.CONFIG_FILE})")
+    cfg = config_lib.load(cfg_path)
+    if cfg.kind != "transformer":
+        raise HFError(f"kind={cfg.kind!r}: only transformer runs have a Hugging Face form")
+    hf_config_from_model(cfg.model)  # refuses what neither architecture holds, before loading
+    cfg, params, tok = checkpoint.load_run(run_dir, step=step)
+    config = hf_config_from_model(cfg.model, tok)
+    tensors = hf_tensors(jax_to_numpy(params), cfg.model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{WEIGHTS}.{os.getpid()}.tmp"
+    # transformers reads only files whose metadata says which framework wrote them
+    safetensors.numpy.save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out_dir / WEIGHTS)
+    (out_dir / CONFIG_JSON).write_text(json.dumps(config, indent=2) + "\n")
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+    (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    write_tokenizer(tok, out_dir)
+    return out_dir
+
+
+def jax_to_numpy(tree: Any) -> Any:
+    import jax
+
+    return jax.tree.map(lambda a: np.asarray(jax.device_get(a), np.float32), tree)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _usage(msg: str):
+    from lm.cli import UsageError
+
+    return UsageError(msg)
+
+
+def cmd_import(args) -> int:
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on every save
+    try:
+        run_dir = import_hf(args.path, args.out, args.set)
+    except HFError as e:
+        raise _usage(str(e)) from None
+    cfg = config_lib.load(run_dir / "config.yaml")
+    m = cfg.model
+    from lm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(run_dir)
+    print(
+        f"imported {args.path} -> {run_dir}: {m.n_layers} layers, d_model {m.d_model}, "
+        f"{m.n_heads} heads ({m.kv_heads} kv), vocab {m.vocab_size}, context {m.max_seq_len}; "
+        f"{tok.backend} tokenizer ({tok.vocab_size} tokens)"
+    )
+    print(f'try: lm sample --run {run_dir} --prompt "Hello"')
+    return 0
+
+
+def cmd_export(args) -> int:
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        out = export_hf(args.run, args.out, args.step)
+    except HFError as e:
+        raise _usage(str(e)) from None
+    config = json.loads((out / CONFIG_JSON).read_text())
+    print(f"wrote {out}: {config['architectures'][0]} ({', '.join(sorted(os.listdir(out)))})")
+    print(f"load it: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Register import-hf and export-hf on the `lm` subparsers."""
+    i = sub.add_parser(
+        "import-hf",
+        help="a local Hugging Face Llama/GPT-2 model directory -> a run directory",
+        description="Read a Hugging Face model directory (config.json, model.safetensors or "
+        "shards with model.safetensors.index.json, tokenizer.model or tokenizer.json) of a "
+        "Llama-family model (RoPE incl. linear/llama3 scaling, RMSNorm, SwiGLU, GQA, tied or "
+        "untied) or GPT-2, and write a run directory (config.yaml, tokenizer, a step-0 "
+        "checkpoint) for lm sample, inspect, eval and train. Unsupported config fields stop "
+        "it with one line naming the field, before any weight is read.",
+        epilog="Fine-tune: set the training keys here (e.g. --set data.source=my.txt "
+        "train.steps=200 train.lr=1e-4), then `lm train --out DIR`; or branch runs off it with "
+        "`lm train --init-from DIR --out NEW --set ...`. tokenizer.json needs the tokenizers "
+        "package: pip install 'lm[convert]'.",
+    )
+    i.add_argument("path", help="Hugging Face model directory (local)")
+    i.add_argument("--out", required=True, help="run directory to create")
+    i.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for the run (data.*, train.*; model.compute_dtype/param_dtype/"
+        "remat/scan_layers)",
+    )
+    i.set_defaults(func=cmd_import)
+
+    x = sub.add_parser(
+        "export-hf",
+        help="a run's checkpoint -> a Hugging Face model directory transformers loads",
+        description="Write a run's checkpoint as config.json, model.safetensors, "
+        "generation_config.json and the tokenizer files: GPT2LMHeadModel for layernorm + "
+        "learned positions + gelu models, LlamaForCausalLM for rmsnorm + rope + swiglu.",
+    )
+    x.add_argument("--run", required=True, help="run directory")
+    x.add_argument("--out", required=True, help="directory to write")
+    x.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    x.set_defaults(func=cmd_export)
