@@ -480,42 +480,41 @@ def read_params(
     D = m.d_model
     qkv = {"q": (0, D), "k": (D, 2 * D), "v": (2 * D, 3 * D)}
 
-    def fetch(hf_name: str, want: tuple[int, ...]) -> np.ndarray:
+    def fetch(hf_name: str, want: tuple[int, ...], read: bool) -> np.ndarray | None:
         base, _, part = hf_name.partition("#")
         if base not in names:
             raise HFError(f"{hf_dir}: tensor {base} is missing from the checkpoint")
         used.add(names[base])
         got = store.shape(names[base])
+        lo, hi = qkv[part] if part else (None, None)
         if part:  # one third of GPT-2's fused q|k|v (columns of the weight, entries of the bias)
-            lo, hi = qkv[part]
-            full = (*want[:-1], 3 * want[-1])
-            if got != full:
-                raise HFError(
-                    f"{hf_dir}: tensor {base} has shape {list(got)}, expected {list(full)}"
-                )
-            return store.get(names[base])[..., lo:hi]
+            want = (*want[:-1], 3 * want[-1])
         if got != want:
             raise HFError(f"{hf_dir}: tensor {base} has shape {list(got)}, expected {list(want)}")
-        return store.get(names[base])
+        return store.get(names[base])[..., lo:hi] if read else None
 
-    flat: dict[str, np.ndarray] = {}
-    for e in _entries(m, family, hf):
-        if e.ours == "":
-            for i in range(L):
-                if np.any(fetch(e.hf.format(i=i), (m.ffw_dim,))):
-                    raise HFError(f"{hf_dir}: {e.hf.format(i=i)} is not zero (unsupported)")
-            continue
-        shape = shapes[e.ours]
-        if e.hf is None:
-            flat[e.ours] = np.zeros(shape, np.float32)
-        elif e.ours.startswith("layers."):
-            per = shape[1:]
-            want = _hf_shape(per, e)
-            flat[e.ours] = np.stack(
-                [_from_hf(fetch(e.hf.format(i=i), want), e, per) for i in range(L)]
-            )
-        else:
-            flat[e.ours] = _from_hf(fetch(e.hf, _hf_shape(shape, e)), e, shape)
+    def build(read: bool) -> dict[str, np.ndarray]:
+        flat: dict[str, np.ndarray] = {}
+        for e in _entries(m, family, hf):
+            if e.ours == "":  # a bias ours lacks; only zeros convert exactly
+                for i in range(L):
+                    a = fetch(e.hf.format(i=i), (m.ffw_dim,), read)
+                    if read and np.any(a):
+                        raise HFError(f"{hf_dir}: {e.hf.format(i=i)} is not zero (unsupported)")
+                continue
+            shape = shapes[e.ours]
+            if e.hf is None:
+                flat[e.ours] = np.zeros(shape, np.float32) if read else None
+            elif e.ours.startswith("layers."):
+                per = shape[1:]
+                got = [fetch(e.hf.format(i=i), _hf_shape(per, e), read) for i in range(L)]
+                flat[e.ours] = np.stack([_from_hf(a, e, per) for a in got]) if read else None
+            else:
+                a = fetch(e.hf, _hf_shape(shape, e), read)
+                flat[e.ours] = _from_hf(a, e, shape) if read else None
+        return flat
+
+    build(read=False)  # every name and shape first: a bad file fails before a byte is read
     tied_head = "lm_head.weight" if m.tied_embeddings else None
     extra = [
         n for n in store.where
@@ -526,7 +525,7 @@ def read_params(
             f"{hf_dir}: tensor {extra[0]} has no place in a {family} model with this config "
             f"({len(extra)} such tensors)"
         )
-    return unflatten(flat)
+    return unflatten(build(read=True))
 
 
 def hf_tensors(params: dict[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
