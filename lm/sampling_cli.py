@@ -221,7 +221,16 @@ def cmd_export(args) -> int:
 
     if Path(args.run).is_file():
         raise _usage(f"--run {args.run}: is a file already; export needs a run directory")
-    cfg, _, _ = open_run(args.run)  # the checks sample makes: a checkpoint or table exists
+    cfg, tok, _ = open_run(args.run)  # the checks sample makes: a checkpoint or table exists
+    from lm.tokenizer import ByteTokenizer, SentencePieceTokenizer
+
+    if not isinstance(tok, ByteTokenizer | SentencePieceTokenizer):
+        # the numpy runner reimplements only these two tokenizers, so the file would not run
+        hint = "; use lm export-hf for imported models" if "HF" in type(tok).__name__ else ""
+        raise _usage(
+            f"--run {args.run}: its tokenizer is a {type(tok).__name__}; a model file carries "
+            f"byte or sentencepiece tokenizers only{hint}"
+        )
     logging.getLogger("absl").setLevel(logging.ERROR)
     path = export.export(Path(args.run), args.out)
     meta, tensors = read_model_file(path)  # read it back: what was written must load

@@ -357,3 +357,14 @@ def test_tokenizer_saved_and_loaded(tmp_path, bpe_json, sp_model):
         assert back.encode(TEXTS[1]) == tok.encode(TEXTS[1])
     with pytest.raises(ValueError, match="bos_id=999"):
         HFTokenizer("tokenizers", bpe_json, 999, 0, 0)
+
+
+def test_model_file_export_of_an_imported_run_is_refused_by_name(imported, capsys):
+    """`lm export` writes the numpy runner's format, which has no HF tokenizers: a clear error."""
+    if type(imported["tok"]).__name__ != "HFTokenizer":
+        pytest.skip("this case's tokenizer exports")
+    out = imported["tmp"] / "model.lm"
+    assert cli.main(["export", "--run", str(imported["tmp"] / "run"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "HFTokenizer" in err and "export-hf" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
