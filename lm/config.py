@@ -100,6 +100,7 @@ class DataConfig:
     task_min_digits: int = 3  # add: digits per operand, drawn uniformly in [min, max]
     task_max_digits: int = 5
     task_reverse: bool = True  # add: answer digits least-significant first (as carries flow)
+    task_zero_pad: bool = False  # add: operands and sum at fixed width, with leading zeros
     task_train_examples: int = 100_000  # examples generated for the train split
     task_val_examples: int = 1000  # held-out examples (inputs may repeat)
 

@@ -3,7 +3,9 @@
 Each task is a tiny formal language whose examples are generated, not read:
   sort  BOS x1 .. xn y1 .. yn EOS        x: n letters of {A, B, C, ...}, y: x sorted
   add   BOS a + b = c EOS PAD ..          a, b: min..max-digit numbers, c = a + b (digits
-                                          least-significant first when data.task_reverse)
+                                          least-significant first when data.task_reverse;
+                                          with data.task_zero_pad, a and b written with
+                                          max digits and c with one more, leading zeros)
 
 Everything here is a pure function of the config and an example index: example i is row
 i % BLOCK of a block drawn from `np.random.default_rng([tag, block])`. The held-out split is
@@ -228,23 +230,57 @@ def _add_block(cfg: DataConfig, block: int) -> tuple[np.ndarray, np.ndarray]:
     return ab_N2, keys
 
 
-def _digits(n: int) -> list[int]:
-    return [int(c) for c in str(int(n))]
+def _digits(n: int, width: int = 0) -> list[int]:
+    return [int(c) for c in str(int(n)).zfill(width)]
 
 
 def add_example(cfg: DataConfig, a: int, b: int) -> list[int]:
     """BOS a + b = c EOS, padded to the example width."""
     tok = tokenizer_for(cfg)
     plus, eq = 10, 11
-    c = _digits(a + b)
+    w = cfg.task_max_digits if cfg.task_zero_pad else 0
+    da, db, c = _digits(a, w), _digits(b, w), _digits(a + b, w + 1 if w else 0)
     if cfg.task_reverse:
         c = c[::-1]
-    row = [tok.bos_id, *_digits(a), plus, *_digits(b), eq, *c, tok.eos_id]
+    row = [tok.bos_id, *da, plus, *db, eq, *c, tok.eos_id]
     return row + [tok.pad_id] * (example_width(cfg) - len(row))
 
 
+def _digit_counts(n_N: np.ndarray) -> np.ndarray:
+    n_N = np.asarray(n_N, np.int64)
+    return np.maximum(1, np.floor(np.log10(np.maximum(n_N, 1))).astype(np.int64) + 1)
+
+
 def add_examples(cfg: DataConfig, ab_N2: np.ndarray) -> np.ndarray:
-    return np.asarray([add_example(cfg, int(a), int(b)) for a, b in ab_N2], np.int32)
+    """[N, width] rows of `add_example`, built column-wise in numpy (200k rows in ~0.1 s)."""
+    tok = tokenizer_for(cfg)
+    ab_N2 = np.asarray(ab_N2, np.int64).reshape(-1, 2)
+    N, W = len(ab_N2), example_width(cfg)
+    a_N, b_N = ab_N2[:, 0], ab_N2[:, 1]
+    c_N = a_N + b_N
+    la, lb, lc = _digit_counts(a_N), _digit_counts(b_N), _digit_counts(c_N)
+    if cfg.task_zero_pad:
+        D = cfg.task_max_digits
+        la, lb, lc = np.full(N, D), np.full(N, D), np.full(N, D + 1)
+    out = np.full((N, W), tok.pad_id, np.int32)
+    rows = np.arange(N)
+    out[:, 0] = tok.bos_id
+    j = np.arange(cfg.task_max_digits + 1)
+
+    def put(n_N, len_N, start_N, reverse: bool):
+        power = j[None] if reverse else len_N[:, None] - 1 - j[None]
+        d = (n_N[:, None] // 10 ** np.maximum(power, 0)) % 10
+        ok = j[None] < len_N[:, None]
+        r, col = np.nonzero(ok)
+        out[rows[r], start_N[r] + col] = d[r, col]
+
+    put(a_N, la, np.ones(N, np.int64), False)
+    out[rows, 1 + la] = 10  # '+'
+    put(b_N, lb, 2 + la, False)
+    out[rows, 2 + la + lb] = 11  # '='
+    put(c_N, lc, 3 + la + lb, cfg.task_reverse)
+    out[rows, 3 + la + lb + lc] = tok.eos_id
+    return out
 
 
 def inputs(cfg: DataConfig, split: str, n: int) -> np.ndarray:

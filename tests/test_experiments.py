@@ -90,11 +90,24 @@ def test_addition_answers_are_correct():
         assert carries > 100  # the sums that grow a digit are there
 
 
+@pytest.mark.parametrize("reverse, zero_pad", [(True, False), (False, False), (True, True)])
+def test_vectorised_addition_rows_match_the_scalar_reference(reverse, zero_pad):
+    d = _data("task:add", "data.task_min_digits=1", "data.task_max_digits=4",
+              f"data.task_reverse={reverse}", f"data.task_zero_pad={zero_pad}")  # fmt: skip
+    x = np.concatenate([tasks.inputs(d, "train", 500), [[0, 0], [9999, 9999], [1, 9]]])
+    want = np.asarray([tasks.add_example(d, int(a), int(b)) for a, b in x])
+    np.testing.assert_array_equal(tasks.add_examples(d, x), want)
+
+
 def test_addition_three_to_five_digits_and_edge_sums():
     d = _data("task:add")
     x = tasks.inputs(d, "val", 2000)
     assert 100 <= x.min() and x.max() <= 99999
-    assert tasks.answer(d, (99999, 99999)) == [8, 9, 9, 9, 9, 1, tasks.tokenizer_for(d).eos_id]
+    eos = tasks.tokenizer_for(d).eos_id
+    assert tasks.answer(d, (99999, 99999)) == [8, 9, 9, 9, 9, 1, eos]
+    padded = _data("task:add", "data.task_zero_pad=true")
+    assert tasks.prompt(padded, (123, 4567)) == [13, 0, 0, 1, 2, 3, 10, 0, 4, 5, 6, 7, 11]
+    assert tasks.answer(padded, (123, 4567)) == [0, 9, 6, 4, 0, 0, eos]  # 4690 reversed, width 6
 
 
 def test_symbol_tokenizer_round_trip_and_run_dir(tmp_path):
