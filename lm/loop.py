@@ -20,7 +20,8 @@ import os
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,117 @@ def evaluate(eval_step, params, windows: np.ndarray, token_bytes: np.ndarray, ba
     return float(per_window.mean()), float(se), float(bpb)
 
 
+# ---------------------------------------------------------------- compiled programs
+
+# Keys that change no compiled program: the schedule is numbers in the state, the seed an
+# argument of the init program, the rest host-side choices; data.* only changes the batches.
+# Every other key, a future one included, is part of a program's cache key.
+_NOT_COMPILED_IN = {
+    "train.seed",
+    "train.steps",
+    "train.lr",
+    "train.schedule",
+    "train.warmup_steps",
+    "train.decay_fraction",
+    "train.min_lr_ratio",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_windows",
+    "train.ckpt_every",
+    "train.keep_ckpts",
+    "train.peak_flops",
+    "train.sample_every",
+    "train.sample_tokens",
+}
+
+
+def program_key(cfg: Config) -> str:
+    flat = _flat(config_lib.to_dict(cfg))
+    keep = {k: v for k, v in flat.items() if k not in _NOT_COMPILED_IN and not k[:5] == "data."}
+    return json.dumps(keep, sort_keys=True)
+
+
+class Programs:
+    """A config shape's compiled programs: the initial state from a seed, one call of S train
+    steps (any n <= S of them), and the eval of one batch of windows. Every run of that shape
+    in this process shares them (a sweep's trunk segments, branches, seeds and cosine runs),
+    so each is compiled once; the persistent compilation cache shares them across processes.
+    """
+
+    def __init__(self, cfg: Config):
+        t0 = time.perf_counter()
+        t = cfg.train
+        self.mesh = sharding.make_mesh(cfg.mesh)
+        self.opt = train.make_optimizer(cfg)
+        self.abstract, self.shardings = train.state_specs(cfg, self.opt, self.mesh)
+        self.batch_shard = sharding.batch_sharding(self.mesh, 4, 2)
+        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)  # noqa: E731
+        # The schedule is put in by the run (its own numbers), so it is no constant here.
+        unscheduled = lambda d: {k: v for k, v in d.items() if k != "schedule"}  # noqa: E731
+        init = jax.jit(
+            lambda seed: unscheduled(train.init_state(cfg, self.opt, seed)),
+            out_shardings=unscheduled(self.shardings),
+        )
+        self.init = init.lower(i32()).compile()
+        S, A = t.steps_per_call, t.grad_accum
+        step = train.make_train_step(cfg, self.opt, self.mesh, dynamic=True)
+        batches = i32(S, A, t.batch_size // A, t.seq_len + 1)
+        self.step = step.lower(self.abstract, batches, i32()).compile()
+        self.eval = train.make_eval_step(cfg, self.mesh, batch=t.batch_size)
+        self.compile_s = time.perf_counter() - t0
+
+
+_PROGRAMS: OrderedDict[str, Future] = OrderedDict()
+_PROGRAMS_LOCK = threading.Lock()
+_PROGRAMS_KEEP = 8  # shapes kept compiled (a sweep needs its current and next size)
+compile_log: list[tuple[str, float, str]] = []  # (key, seconds, thread name): who compiled
+
+
+def programs(cfg: Config) -> Programs:
+    """The compiled programs of cfg's shape: compiled here on first use, or waited for when
+    another thread (`precompile`) is compiling them."""
+    key = program_key(cfg)
+    with _PROGRAMS_LOCK:
+        fut = _PROGRAMS.get(key)
+        mine = fut is None
+        if mine:
+            fut = _PROGRAMS[key] = Future()
+            while len(_PROGRAMS) > _PROGRAMS_KEEP:
+                _PROGRAMS.popitem(last=False)
+        else:
+            _PROGRAMS.move_to_end(key)
+    if mine:
+        try:
+            progs = Programs(cfg)
+        except BaseException as e:
+            with _PROGRAMS_LOCK:
+                if _PROGRAMS.get(key) is fut:
+                    del _PROGRAMS[key]  # a later call tries again (and raises itself)
+            fut.set_exception(e)
+            raise
+        compile_log.append((key, progs.compile_s, threading.current_thread().name))
+        fut.set_result(progs)
+    return fut.result()
+
+
+def precompile(cfgs: list[Config]) -> threading.Thread:
+    """Compile the programs of cfgs, in order, on a background thread. XLA compiles without
+    the GIL, so a sweep compiles its next model size while the current one trains; a small
+    model's step keeps about one core busy. Errors are left for the run that needs the
+    programs to raise."""
+
+    def work():
+        for c in cfgs:
+            try:
+                programs(c)
+            except Exception:  # noqa: BLE001, S112 - raised again where it matters
+                continue
+
+    th = threading.Thread(target=work, name="lm-precompile", daemon=True)
+    th.start()
+    return th
+
+
 def train_run(
     cfg: Config,
     run_dir: str | Path,
@@ -253,18 +365,19 @@ def train_run(
     )  # fmt: skip
     uni = unigram_entropy(tokens.train, tokens.val, cfg.model.vocab_size)
 
-    mesh = sharding.make_mesh(cfg.mesh)
-    opt = train.make_optimizer(cfg)
+    timings = {"setup": 0.0, "compile": 0.0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0}
+    t1 = time.perf_counter()
+    progs = programs(cfg)  # waits here only when they are compiling
+    timings["compile"] += time.perf_counter() - t1
+    mesh, abstract, shardings = progs.mesh, progs.abstract, progs.shardings
     mgr = checkpoint.manager(run_dir, keep=t_cfg.keep_ckpts)
     latest = mgr.latest_step()
     if latest is not None:
-        abstract, shardings = train.state_specs(cfg, opt, mesh)
         state = checkpoint.restore(mgr, latest, abstract, shardings)
         start = int(latest)
     elif init_from is not None:
         src_dir, src_step = Path(init_from[0]), int(init_from[1])
         src = checkpoint.manager(src_dir, read_only=True)
-        abstract, shardings = train.state_specs(cfg, opt, mesh)
         state = checkpoint.restore(src, src_step, abstract, shardings)
         src.close()
         start = src_step
@@ -273,7 +386,7 @@ def train_run(
             keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= start]
             (run_dir / "metrics.jsonl").write_text("".join(x + "\n" for x in keep))
     else:
-        state = train.create_state(cfg, opt, mesh)
+        state = progs.init(np.int32(t_cfg.seed))
         start = 0
     # This run's schedule, also after a restore: a branch continues its trunk's state under its
     # own (shorter) schedule; a plain resume writes the same numbers back.
@@ -291,23 +404,19 @@ def train_run(
         if epochs > 4:
             print_fn(f"warning: {epochs:.1f} epochs of the training split (over 4 repeats)")
     log = MetricsLog(run_dir, start, enabled=is_main)
-    step_fn = train.make_train_step(cfg, opt, mesh)
-    eval_fn = train.make_eval_step(cfg, mesh)
 
     S, A = t_cfg.steps_per_call, t_cfg.grad_accum
     B_micro = t_cfg.batch_size // A
-    batch_shard = sharding.batch_sharding(mesh, 4, 2)
+    batch_shard = progs.batch_shard
     pc, pi = jax.process_count(), jax.process_index()
 
     def host_batches(s0: int, n: int) -> np.ndarray:
-        out = np.stack(
-            [
-                data.batch_at(
-                    tokens.train, t_cfg.seed, s, t_cfg.batch_size, t_cfg.seq_len, pi, pc
-                ).reshape(A, B_micro // pc, t_cfg.seq_len + 1)
-                for s in range(s0, s0 + n)
-            ]
-        )
+        # Always S steps' worth: a shorter call's unused rows are zeros its program skips.
+        out = np.zeros((S, A, B_micro // pc, t_cfg.seq_len + 1), np.int32)
+        for i, s in enumerate(range(s0, s0 + n)):
+            out[i] = data.batch_at(
+                tokens.train, t_cfg.seed, s, t_cfg.batch_size, t_cfg.seq_len, pi, pc
+            ).reshape(A, B_micro // pc, t_cfg.seq_len + 1)
         return out
 
     # Calls never straddle a log/eval/checkpoint boundary, so every event lands on its step.
@@ -319,11 +428,11 @@ def train_run(
             n = min(n, max(stop_after - s, 1))
         return n
 
-    # Calls are S fused steps, or single steps for a remainder: two compiled shapes in all.
+    # Calls are up to S steps, all run by the one compiled program.
     starts, s = [], start
     while s < t_cfg.steps and (stop_after is None or s < stop_after):
         n = call_len(s)
-        starts += [(s, n)] if n == S else [(s + i, 1) for i in range(n)]
+        starts.append((s, n))
         s += n
     lengths = dict(starts)
     prefetch = Prefetcher(lambda s0: host_batches(s0, lengths[s0]), [s0 for s0, _ in starts])
@@ -341,25 +450,16 @@ def train_run(
             position=bar_position,
             leave=bar_position == 0,
         )
-    pending: list[tuple[int, Any]] = []  # (first step, device metrics) not yet checked
+    # (first step, steps, device metrics) not yet checked
+    pending: list[tuple[int, int, Any]] = []
     window_t0, window_tokens, last_eval = time.perf_counter(), 0, {}
-    timings = {"setup": 0.0, "compile": 0.0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0}
-    compiled: dict[int, Any] = {}
-
-    def compiled_step(batch):
-        n = batch.shape[0]
-        if n not in compiled:  # compiled ahead of time so its cost is counted apart
-            t1 = time.perf_counter()
-            compiled[n] = step_fn.lower(state, batch).compile()
-            timings["compile"] += time.perf_counter() - t1
-        return compiled[n]
 
     def flush(step_now: int) -> dict[str, float] | None:
         """Fetch pending metrics, stop on a non-finite loss, return the latest values."""
         nonlocal window_t0, window_tokens
         if not pending:
             return None
-        got = [(s0, jax.device_get(m)) for s0, m in pending]
+        got = [(s0, jax.tree.map(lambda a, n=n: a[:n], jax.device_get(m))) for s0, n, m in pending]
         pending.clear()
         for s0, m in got:
             # loss[i] is measured with the params before update s0+i+1, param_norm[i] after it,
@@ -390,14 +490,11 @@ def train_run(
         for s0, n in starts:
             # Each process holds only its rows of the global batch.
             batch = jax.make_array_from_process_local_data(batch_shard, prefetch.get(s0))
-            c0 = timings["compile"]
-            fn = compiled_step(batch)
-            window_t0 += timings["compile"] - c0  # tokens/s counts steps, not compiles
             if not timings["setup"]:
                 timings["setup"] = time.perf_counter() - t_begin - timings["compile"]
             t0 = time.perf_counter()
-            state, m = fn(state, batch)
-            pending.append((s0, m))
+            state, m = progs.step(state, batch, np.int32(n))
+            pending.append((s0, n, m))
             window_tokens += n * t_cfg.batch_size * t_cfg.seq_len
             s = s0 + n
             is_last = s == t_cfg.steps or (stop_after is not None and s >= stop_after)
@@ -418,7 +515,7 @@ def train_run(
             if s % t_cfg.eval_every == 0 or s == t_cfg.steps:
                 t1 = time.perf_counter()
                 vl, se, bpb = evaluate(
-                    eval_fn, state["params"], windows, token_bytes, t_cfg.batch_size
+                    progs.eval, state["params"], windows, token_bytes, t_cfg.batch_size
                 )
                 last_eval = {
                     "step": s,

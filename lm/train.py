@@ -200,11 +200,19 @@ def create_state(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh) -> 
     return jax.jit(lambda: init_state(cfg, opt, cfg.train.seed), out_shardings=shardings)()
 
 
-def make_train_step(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh):
+def make_train_step(
+    cfg: Config, opt: optax.GradientTransformation, mesh: Mesh, dynamic: bool = False
+):
     """A jitted `(state, batches_SABT1) -> (state, metrics_S)` running S optimizer steps.
 
     batches: int32 [S, A, B/A, T+1] (S fused steps, A gradient-accumulation micro-batches).
     Fusing steps into one call (a scan) removes per-step dispatch cost on small models.
+
+    dynamic: `(state, batches_SABT1, n) -> (state, metrics_S)` runs only the first n (<= S)
+    steps, a loop whose trip count is data: a call shorter than S (before a log, eval or
+    checkpoint boundary) reuses the one compiled program instead of compiling another, and the
+    steps it skips cost nothing. The numbers are the scan's, bit for bit (tests/test_train.py);
+    metrics past n are zeros.
     """
     mcfg = cfg.model
     grad_fn = jax.value_and_grad(loss_fn)
@@ -244,17 +252,32 @@ def make_train_step(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh):
     def train_steps(state: State, batches):
         return jax.lax.scan(one_step, state, batches)
 
+    def train_n_steps(state: State, batches, n):
+        def body(i, carry):
+            state, ms = carry
+            state, m = one_step(state, batches[i])
+            return state, jax.tree.map(lambda buf, v: buf.at[i].set(v), ms, m)
+
+        shapes = jax.eval_shape(one_step, state, batches[0])[1]
+        ms = jax.tree.map(lambda a: jnp.zeros((batches.shape[0], *a.shape), a.dtype), shapes)
+        return jax.lax.fori_loop(0, n, body, (state, ms))
+
     _, state_shard = state_specs(cfg, opt, mesh)
+    rep = sharding.replicated(mesh)
+    batch_shard = sharding.batch_sharding(mesh, 4, 2)
     return jax.jit(
-        train_steps,
-        in_shardings=(state_shard, sharding.batch_sharding(mesh, 4, 2)),
-        out_shardings=(state_shard, sharding.replicated(mesh)),
+        train_n_steps if dynamic else train_steps,
+        in_shardings=(state_shard, batch_shard, rep) if dynamic else (state_shard, batch_shard),
+        out_shardings=(state_shard, rep),
         donate_argnums=0,
     )
 
 
-def make_eval_step(cfg: Config, mesh: Mesh):
-    """A jitted `(params, windows_BT1, token_bytes_V) -> (loss sums [B], byte sums [B])`."""
+def make_eval_step(cfg: Config, mesh: Mesh, batch: int | None = None):
+    """A jitted `(params, windows_BT1, token_bytes_V) -> (loss sums [B], byte sums [B])`.
+
+    batch: compile now, ahead of time, for windows of that many rows (the only shape the
+    returned function then accepts)."""
     mcfg = cfg.model
     p_shard = sharding.param_shardings(model.param_specs(mcfg), mesh)
 
@@ -269,6 +292,14 @@ def make_eval_step(cfg: Config, mesh: Mesh):
         in_shardings=(p_shard, win_shard, sharding.replicated(mesh)),
         out_shardings=sharding.replicated(mesh),
     )
+    if batch is not None:
+        abstract_params = jax.eval_shape(lambda: model.init(mcfg, jax.random.PRNGKey(0)))
+        T1 = cfg.train.seq_len + 1
+        jitted = jitted.lower(
+            abstract_params,
+            jax.ShapeDtypeStruct((batch, T1), jnp.int32),
+            jax.ShapeDtypeStruct((mcfg.vocab_size,), jnp.int32),
+        ).compile()
 
     def run(params, windows_BT1, token_bytes_V):
         # Every process holds all the (fixed) windows; each device takes its rows.

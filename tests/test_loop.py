@@ -78,6 +78,43 @@ def test_run_directory_contract_and_resume_equality(tmp_path):
     assert checkpoint.manager(run, read_only=True).all_steps() == [4, 8, 12]
 
 
+def test_short_calls_reuse_the_one_program_and_match_single_steps(tmp_path):
+    """Calls cut short by a log/eval/checkpoint boundary run in the S-step program with the
+    rest of their batches skipped: the same numbers as single-step calls."""
+    quiet = lambda *_: None  # noqa: E731
+    padded = _cfg(tmp_path, "train.steps_per_call=3", "train.steps=7")  # calls of 2, 2, 2, 1
+    single = _cfg(tmp_path, "train.steps_per_call=1", "train.steps=7")
+    a = loop.train_run(padded, tmp_path / "a", progress=False, print_fn=quiet)
+    b = loop.train_run(single, tmp_path / "b", progress=False, print_fn=quiet)
+    strip = lambda rs: [
+        {k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rs
+    ]
+    assert strip(_lines(tmp_path / "a")) == strip(_lines(tmp_path / "b"))
+    assert a["val_loss"] == b["val_loss"] and a["step"] == 7
+
+
+def test_runs_of_one_shape_share_compiled_programs(tmp_path):
+    """Length, rate, schedule and seed are not compiled in: a sweep's members of one size
+    compile their init, train and eval programs once. The seed-argument init is the state
+    train.create_state builds with the seed compiled in, bit for bit."""
+    import jax
+
+    from lm import train
+
+    cfg = _cfg(tmp_path)
+    other = _cfg(tmp_path, "train.seed=3", "train.lr=1e-3", "train.steps=6", "train.schedule=wsd",
+                 "train.warmup_steps=1", "train.eval_windows=4", "data.max_docs=200")  # fmt: skip
+    assert loop.programs(cfg) is loop.programs(other)
+    assert loop.programs(_cfg(tmp_path, "model.d_model=64")) is not loop.programs(cfg)
+    progs = loop.programs(other)
+    got = progs.init(np.int32(3))
+    want = train.create_state(other, progs.opt, progs.mesh)
+    assert set(want) - set(got) == {"schedule"}
+    for k in got:
+        for x, y in zip(jax.tree.leaves(got[k]), jax.tree.leaves(want[k]), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_resume_refuses_a_changed_config(tmp_path):
     cfg = _cfg(tmp_path)
     loop.train_run(cfg, tmp_path / "r", progress=False, stop_after=4, print_fn=lambda *_: None)

@@ -130,6 +130,26 @@ def test_fused_steps_equal_separate_calls():
     assert int(fused_state["step"]) == int(state["step"]) == 3
 
 
+def test_dynamic_call_of_n_steps_is_the_n_step_scan():
+    """The loop's one program: S batches of which the first n are run, bit for bit the scan
+    over those n (the rest are skipped, whatever they hold); metrics past n are zeros."""
+    batches = _batches(TINY, 4)
+    opt = train.make_optimizer(TINY)
+    mesh = _mesh()
+    scan = train.make_train_step(TINY, opt, mesh)
+    dyn = train.make_train_step(TINY, opt, mesh, dynamic=True)
+    for n in (4, 3, 1):
+        want_state, want = scan(train.create_state(TINY, opt, mesh), batches[:n])
+        padded = batches.copy()
+        padded[n:] = 7  # not run: any content
+        got_state, got = dyn(train.create_state(TINY, opt, mesh), padded, np.int32(n))
+        for a, b in zip(jax.tree.leaves(want_state), jax.tree.leaves(got_state), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        for k, v in jax.device_get(got).items():
+            np.testing.assert_array_equal(v[:n], np.asarray(want[k]))
+            assert not v[n:].any()
+
+
 def test_metrics_are_the_real_loss_and_lr():
     batches = _batches(TINY, 1)
     opt = train.make_optimizer(TINY)
