@@ -11,6 +11,7 @@ unigram as lines), RESULT.md (one table, samples side by side).
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import time
@@ -121,7 +122,11 @@ def run(raw: dict, out: Path, print_fn=print) -> dict:
             row = dict(params=counts["total"], non_embedding=counts["non_embedding"],
                        val_loss=last["val_loss"], se=last["val_loss_se"], bpb=last["val_bpb"],
                        curve=[(e["step"], e["val_loss"]) for e in evals])  # fmt: skip
-        rows.append(dict(name=name, seconds=time.perf_counter() - t0, **row))
+        # A rerun finds finished runs and only scores them: it keeps the first run's time.
+        tfile = run_dir / "experiment_time.json"
+        if not tfile.is_file():
+            tfile.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+        rows.append(dict(name=name, seconds=json.loads(tfile.read_text())["seconds"], **row))
         samples[name] = prompt + tok.decode([i for i in new if i < tok.vocab_size])
     uni = loop.unigram_entropy(tokens.train, tokens.val, tok.vocab_size)
     return {"rows": rows, "samples": samples, "unigram": uni, "cfgs": cfgs, "windows": ref,
@@ -150,6 +155,7 @@ def plot(r: dict, path: Path) -> None:
         )
     a2.axhline(big["bpb"], c="k", ls="--", label="bigram")
     a2.set_xscale("log")
+    a2.xaxis.set_minor_formatter(__import__("matplotlib").ticker.NullFormatter())
     a2.set_xlabel("non-embedding parameters")
     a2.set_ylabel("bits per byte (final)")
     a2.legend(fontsize=8)

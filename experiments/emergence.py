@@ -70,7 +70,7 @@ def plot(scored: list[dict], path: Path, answer_len: float) -> None:
     a1.set_ylabel("exact match (held-out)")
     a1.set_ylim(-0.03, 1.03)
     a1.set_title("discontinuous metric", fontsize=10)
-    a2.set_yscale("log")
+    a2.set_ylim(bottom=0)  # linear, as the continuous metric is read
     a2.set_ylabel("answer-token loss (nats/token)")
     a2.set_title("continuous metric", fontsize=10)
     a1.legend(fontsize=7)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -44,9 +43,7 @@ def run(
     ev_held = tasks.evaluate(params, cfg, held)
     train_x = tasks.inputs(d, "train", n_eval)
     ev_train = tasks.evaluate(params, cfg, train_x)
-    every = np.asarray(list(itertools.product(range(d.task_symbols), repeat=d.task_length)))
-    keys = (every * d.task_symbols ** np.arange(d.task_length)).sum(1)
-    distinct = every[tasks.is_heldout(keys, d.val_fraction, tasks._TAGS["sort"])]
+    distinct = tasks.distinct_sort_inputs(d, "val")
     ev_distinct = tasks.evaluate(params, cfg, distinct)
     t_eval = time.perf_counter() - t1
 

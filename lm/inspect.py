@@ -401,6 +401,11 @@ def explain_stages(
         + " ".join(pieces[P:]))  # fmt: skip
     say(f"whole sequence: {' '.join(pieces)}")
     say(f"\n-- embeddings: x = embed[token] + pos_embed[position], D={m.d_model} --")
+    embed = np.asarray(params["embed"], np.float32)
+    if embed.shape[0] <= 16 and m.d_model <= 64:  # a small model: every number of every row
+        say(f"  the embedding table, all {m.d_model} numbers of each token's row:")
+        for i in range(tok.vocab_size):
+            say(f"    {piece(tok, i):>6}  " + " ".join(f"{v:+.2f}" for v in embed[i]))
     _rows(rec["embedded"], pieces, say, "x")
     if out is not None:
         fig = _figure(10, 1.5 + 0.25 * T)

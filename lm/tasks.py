@@ -302,6 +302,16 @@ def inputs(cfg: DataConfig, split: str, n: int) -> np.ndarray:
     return np.concatenate(got)[:n]
 
 
+def distinct_sort_inputs(cfg: DataConfig, split: str) -> np.ndarray:
+    """Every possible sort input of a split, once each: [n, L] (3^6 = 729 in all)."""
+    import itertools
+
+    k, L = cfg.task_symbols, cfg.task_length
+    every = np.asarray(list(itertools.product(range(k), repeat=L)), np.int64).reshape(-1, L)
+    held = is_heldout((every * k ** np.arange(L)).sum(1), cfg.val_fraction, _TAGS["sort"])
+    return every[held == (split == "val")]
+
+
 def examples(cfg: DataConfig, x: np.ndarray) -> np.ndarray:
     """Token rows [N, width] for task inputs as returned by `inputs`."""
     if task_name(cfg.source) == "sort":
@@ -394,10 +404,9 @@ def evaluate(params, cfg, x: np.ndarray, batch: int = 256, keep_failures: int = 
             elif len(failures) < keep_failures:
                 failures.append((p, a, g))
 
-    rows = np.asarray([p + a for p, a in zip(prompts, answers, strict=True)], dtype=object)
-    width = max(len(r) for r in rows)
-    full = np.full((len(rows), width), tok.pad_id, np.int32)
-    mask = np.zeros((len(rows), width - 1), bool)
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers, strict=True))
+    full = np.full((len(x), width), tok.pad_id, np.int32)
+    mask = np.zeros((len(x), width - 1), bool)
     for j, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         full[j, : len(p) + len(a)] = p + a
         mask[j, len(p) - 1 : len(p) + len(a) - 1] = True  # positions that predict the answer
@@ -436,6 +445,7 @@ __all__ = [
     "SymbolTokenizer",
     "answer",
     "check",
+    "distinct_sort_inputs",
     "evaluate",
     "example_width",
     "examples",

@@ -64,6 +64,9 @@ def test_train_and_heldout_inputs_never_overlap(source):
     if source == "task:sort":  # all 729 inputs occur; a quarter (by hash) are held out
         assert len(seen) + len({tuple(r) for r in va}) == 729
         assert 0.18 < share < 0.32
+        held = {tuple(r) for r in tasks.distinct_sort_inputs(d, "val")}
+        assert held == {tuple(r) for r in va}
+        assert {tuple(r) for r in tasks.distinct_sort_inputs(d, "train")} == seen
 
 
 def test_addition_answers_are_correct():
@@ -253,6 +256,16 @@ def test_sort_trains_resumes_samples_and_sorts(sort_run, capsys):
     assert cli.main(["sample", "--run", str(run_dir), "--prompt", "C B A B B C"]
                     + ["--temperature", "0", "--max-new-tokens", "7"]) == 0  # fmt: skip
     assert capsys.readouterr().out.strip() == "C B A B B C A B B B C C"
+
+
+def test_cli_inspect_stages(sort_run, tmp_path, capsys):
+    args = ["inspect", "--run", str(sort_run[0]), "--prompt", "C B A B B C", "--stages"]
+    assert cli.main([*args, "--temperature", "0", "--out", str(tmp_path)]) == 0
+    said = capsys.readouterr().out
+    assert "== 6. every stage" in said and "A B B B C C </s>" in said
+    table = [ln for ln in said.splitlines() if ln.strip().startswith(("6 after", "12 after"))]
+    assert len(table) == 2 and table[-1].split()[-1] == "</s>"
+    assert (tmp_path / "stages_attention_layer2.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sort_study_writes_its_result(sort_run, tmp_path):
