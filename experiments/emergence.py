@@ -89,6 +89,8 @@ def plot(scored: list[dict], path: Path, answer_len: float) -> None:
 
 def report(scored: list[dict], out: Path, sweep, wall_s: float, eval_s: float, n_eval: int,
            answer_len: float) -> str:  # fmt: skip
+    zero_pad = sweep.base["data"].get("task_zero_pad", False)
+    reverse = sweep.base["data"].get("task_reverse", True)
     lines = [
         "# Emergence or mirage: multi-digit addition",
         "",
@@ -97,8 +99,10 @@ def report(scored: list[dict], out: Path, sweep, wall_s: float, eval_s: float, n
         f"Sweep `{sweep.name}` (`configs/experiments/emergence.yaml`, run through the sweep "
         f"machinery): {len({r['N'] for r in scored})} sizes x {len(sweep.tokens)} token budgets, "
         f"WSD with branched cooldowns. Task: a + b with {sweep.base['data']['task_min_digits']}- "
-        f"to {sweep.base['data']['task_max_digits']}-digit operands, answer digits "
-        "least-significant first. Scored on "
+        f"to {sweep.base['data']['task_max_digits']}-digit operands"
+        + (", written with leading zeros to a fixed width" if zero_pad else "")
+        + (", answer digits least-significant first" if reverse else "")
+        + ". Scored on "
         f"{n_eval} held-out additions (inputs never trained on); {answer_len:.2f} answer tokens "
         "on average (digits and EOS).",
         f"Time: sweep {wall_s:.0f} s, scoring {eval_s:.0f} s.",
