@@ -92,6 +92,8 @@ def test_bad_files(tmp_path):
 def test_every_shipped_config_loads():
     files = sorted((ROOT / "configs").rglob("*.yaml"))
     files = [f for f in files if "sweeps" not in f.parts]
+    # studies with a `base:` run config load through their own scripts (test_experiments.py)
+    files = [f for f in files if "base" not in config.read_yaml(f)]
     assert files, "no configs shipped"
     for f in files:
         config.load(f)

@@ -175,6 +175,26 @@ def test_bad_addition_digits_name_the_key():
         config.load(None, [*base, "data.task_max_digits=10", "train.seq_len=34"])
 
 
+def test_every_study_config_loads():
+    import bigram_vs_transformer
+    import emergence  # noqa: F401  (the script imports cleanly)
+
+    from lm.scaling import sweep
+
+    d = REPO / "configs" / "experiments"
+    assert config.load(d / "sort.yaml").data.source == "task:sort"
+    raw = bigram_vs_transformer.load_experiment(str(d / "bigram_vs_transformer.yaml"), [])
+    cfgs = bigram_vs_transformer.configs(raw)
+    assert cfgs["bigram"].kind == "bigram" and len(cfgs) == 4
+    widths = [c.model.d_model for c in cfgs.values() if c.kind == "transformer"]
+    assert widths == sorted(widths)  # increasing size
+    with pytest.raises(ConfigError, match=r"^transformers\[0\] \(1x32\): model.d_model=128"):
+        bigram_vs_transformer.configs(raw | {"transformers": [{"name": "1x32", "n_heads": 5}]})
+    members = sweep.plan(sweep.load_sweep(d / "emergence.yaml"))
+    assert all(m.cfg.data.source == "task:add" for m in members)
+    assert len({m.N for m in members}) == 5
+
+
 # ---------------------------------------------------------------- every stage
 
 
