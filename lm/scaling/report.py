@@ -38,7 +38,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -619,15 +618,7 @@ def _write_report(out_dir, sweep, print_fn, *, n_boot: int, seed: int) -> dict:
     else:
         noise, noise_src = FALLBACK_NOISE, "assumed (no seed spread, no eval standard error)"
 
-    # The conventions' fits are independent, and most of their time is XLA calls and large
-    # numpy operations that release the GIL: two threads take ~0.6x the wall time on 2 cores.
-    # (fit.py's float64 switch, jax.enable_x64, is thread-local.)
-    with ThreadPoolExecutor(max_workers=len(CONVENTIONS)) as pool:
-        jobs = {
-            c.key: pool.submit(fit_convention, c, main, curves, info, noise, n_boot, seed)
-            for c in CONVENTIONS
-        }
-        fits = {k: j.result() for k, j in jobs.items()}
+    fits = _fit_conventions(main, curves, info, noise, n_boot, seed)
     t_fit = time.perf_counter() - t0
 
     checks = _checks(main, fits)
@@ -667,6 +658,65 @@ def _write_report(out_dir, sweep, print_fn, *, n_boot: int, seed: int) -> dict:
     for line in _summary_lines(summary):
         print_fn(line)
     return summary
+
+
+def _fit_worker(in_path: str, out_path: str) -> None:
+    """Child-process side of `_fit_conventions`: pickled arguments in, pickled fit out."""
+    import pickle
+    import warnings
+
+    args = pickle.loads(Path(in_path).read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = fit_convention(*args)
+    tmp = Path(out_path + ".tmp")
+    tmp.write_bytes(pickle.dumps(out))
+    tmp.replace(out_path)
+
+
+_WORKER = "import sys; from lm.scaling.report import _fit_worker; _fit_worker(*sys.argv[1:])"
+
+
+def _fit_conventions(main, curves, info, noise, n_boot, seed) -> dict:
+    """fit_convention for every convention: the first here, the others each in a child
+    process meanwhile.
+
+    The fits are independent, and their L-BFGS loops are many small numpy operations that hold
+    the GIL, so threads mostly take turns. A child process (a plain interpreter running
+    `_fit_worker`, ~2 s to import, overlapped with the fit here) runs truly in parallel; not
+    multiprocessing, whose spawn would re-run the caller's main script. Where no child can be
+    started or it fails, the fit is done here instead. The numbers are the same either way."""
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    first, rest = CONVENTIONS[0], CONVENTIONS[1:]
+    args = lambda c: (c, main, curves, info, noise, n_boot, seed)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="lm-fit-") as tmp:
+        children = {}
+        for c in rest:
+            inp, outp = Path(tmp) / f"{c.key}.in", Path(tmp) / f"{c.key}.out"
+            inp.write_bytes(pickle.dumps(args(c)))
+            cmd = [sys.executable, "-c", _WORKER, str(inp), str(outp)]
+            try:
+                children[c] = (subprocess.Popen(cmd), outp)
+            except OSError:
+                pass  # fitted below, here
+        try:
+            fits = {first.key: fit_convention(*args(first))}
+            for c in rest:
+                proc, outp = children.get(c, (None, None))
+                if proc is not None and proc.wait() == 0 and outp.is_file():
+                    fits[c.key] = pickle.loads(outp.read_bytes())
+                else:
+                    fits[c.key] = fit_convention(*args(c))
+        finally:
+            for proc, _ in children.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return fits
 
 
 def _tokens_per_param(fits: dict) -> dict:

@@ -284,6 +284,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
     )  # fmt: skip
     timings: dict[str, float] = {}
     skipped = 0
+    data_memo: dict = {}  # the corpus, mapped once for every member
 
     def run_member(m: Member, stop_after: int | None = None) -> None:
         nonlocal skipped
@@ -298,7 +299,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         t0 = time.perf_counter()
         summary = loop.train_run(
             m.cfg, run_dir, progress=progress, init_from=init_from, stop_after=stop_after,
-            print_fn=lambda *_: None, bar_position=1,
+            print_fn=lambda *_: None, bar_position=1, data_memo=data_memo,
         )  # fmt: skip
         wall = time.perf_counter() - t0
         for k, v in summary["timings"].items():
