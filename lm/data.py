@@ -10,6 +10,7 @@ no iterator state, and every host agrees on the global batch.
 
 from __future__ import annotations
 
+import dataclasses
 import glob as globlib
 import hashlib
 import json
@@ -197,6 +198,9 @@ def corpus_fingerprint(cfg: DataConfig) -> str:
             "root": str(root),
             "files": [[p.relative_to(root).as_posix(), p.stat().st_size] for p in files],
         }
+    elif src.startswith("task:"):  # generated: the task's settings are the corpus
+        task = {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("task_")}
+        desc |= {"kind": "task", "source": src, "val_fraction": cfg.val_fraction, **task}
     elif src.startswith("hf:"):
         name, config = _parse_hf(src)
         local = []

@@ -3,6 +3,7 @@ sort study end to end at a small budget: train, stop, resume, sample, evaluate."
 
 import dataclasses
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -150,6 +151,13 @@ def test_batches_are_whole_aligned_examples():
         data.val_windows(td.val, 5000, 13)
 
 
+def test_task_fingerprint_follows_the_task_settings():
+    a = _data("task:add")
+    assert data.corpus_fingerprint(a) == data.corpus_fingerprint(_data("task:add"))
+    for extra in ("data.task_zero_pad=true", "data.task_min_digits=2", "data.val_fraction=0.2"):
+        assert data.corpus_fingerprint(_data("task:add", extra)) != data.corpus_fingerprint(a)
+
+
 @pytest.mark.parametrize(
     "overrides, key",
     [
@@ -224,6 +232,25 @@ def test_recorded_stages_reproduce_the_model(preset, extra):
         x = st["x_in"].astype(np.float64)
         want = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
         np.testing.assert_allclose(st["attn_norm"], want, atol=1e-4)
+
+
+def test_stages_on_a_large_vocabulary_show_the_top_tokens(tmp_path):
+    from lm.tokenizer import ByteTokenizer
+
+    cfg = config.load(None, ["model.n_layers=1", "model.d_model=16", "model.n_heads=2"]
+                      + ["model.max_seq_len=12", "train.seq_len=12"])  # fmt: skip
+    params = jax.jit(model.init, static_argnums=0)(cfg.model, jax.random.PRNGKey(0))
+    lines = []
+    out = inspect.explain(cfg, params, ByteTokenizer(), "ab", 0.0, 0, tmp_path, 4,
+                          print_fn=lines.append, stages=True)  # fmt: skip
+    st = out["stages"]
+    assert st["sequence"][:3] == [257, 97, 98] and 1 <= len(st["output"]) <= 4
+    rows = [ln for ln in lines if re.match(r"\s+\d+ after ", ln)]
+    assert len(rows) == len(st["output"])
+    assert all(len(re.findall(r" \d\.\d{3}", ln.split(":", 1)[1])) == 5 for ln in rows)  # top 5
+    assert np.allclose(np.sum(st["output_probs"], -1), 1)
+    assert (tmp_path / "stages_output_probs.png").is_file()
+    assert "the embedding table" not in "\n".join(lines)  # 259 rows are not printed
 
 
 # ---------------------------------------------------------------- the sort study, small
