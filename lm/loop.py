@@ -189,15 +189,19 @@ class Prefetcher:
 
 def evaluate(eval_step, params, windows: np.ndarray, token_bytes: np.ndarray, batch: int):
     """Validation loss (mean nats/token), its standard error over windows, and bits per byte."""
-    losses, nbytes = [], []
+    pending = []
     for i in range(0, len(windows), batch):
         chunk = windows[i : i + batch]
         pad = batch - len(chunk)
         if pad:  # keep one compiled shape; padded rows are dropped below
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
-        l, b = jax.device_get(eval_step(params, chunk, token_bytes))
-        losses.append(l[: batch - pad])
-        nbytes.append(b[: batch - pad])
+        # Dispatched without waiting: the next batch is prepared while this one computes.
+        pending.append((eval_step(params, chunk, token_bytes), batch - pad))
+    losses, nbytes = [], []
+    for out, keep in pending:
+        l, b = jax.device_get(out)
+        losses.append(l[:keep])
+        nbytes.append(b[:keep])
     loss_w = np.concatenate(losses).astype(np.float64)  # summed nats per window
     bytes_w = np.concatenate(nbytes).astype(np.float64)
     T = windows.shape[1] - 1
@@ -505,6 +509,16 @@ def train_run(
         window_t0, window_tokens = time.perf_counter(), 0
         return rec
 
+    def eval_record(s: int) -> dict[str, Any]:
+        vl, se, bpb = evaluate(progs.eval, state["params"], windows, token_bytes, t_cfg.batch_size)
+        return {
+            "step": s,
+            "tokens": s * t_cfg.batch_size * t_cfg.seq_len,
+            "val_loss": vl,
+            "val_loss_se": se,
+            "val_bpb": bpb,
+        }
+
     try:
         for s0, n in starts:
             # Each process holds only its rows of the global batch.
@@ -533,21 +547,16 @@ def train_run(
                     )
             if s % t_cfg.eval_every == 0 or s == t_cfg.steps:
                 t1 = time.perf_counter()
-                vl, se, bpb = evaluate(
-                    progs.eval, state["params"], windows, token_bytes, t_cfg.batch_size
-                )
-                last_eval = {
-                    "step": s,
-                    "tokens": s * t_cfg.batch_size * t_cfg.seq_len,
-                    "val_loss": vl,
-                    "val_loss_se": se,
-                    "val_bpb": bpb,
-                }
+                last_eval = eval_record(s)
                 log.write(last_eval)
                 timings["eval"] += time.perf_counter() - t1
                 window_t0 += time.perf_counter() - t1
                 if bar is not None:
-                    bar.write(f"step {s}: val_loss {vl:.4f} ± {se:.4f}, {bpb:.4f} bits/byte")
+                    e = last_eval
+                    bar.write(
+                        f"step {s}: val_loss {e['val_loss']:.4f} ± {e['val_loss_se']:.4f}, "
+                        f"{e['val_bpb']:.4f} bits/byte"
+                    )
             if s % t_cfg.ckpt_every == 0 or is_last:
                 t1 = time.perf_counter()
                 checkpoint.save(mgr, s, state)
@@ -556,6 +565,16 @@ def train_run(
             if bar is not None:
                 bar.update(n)
         flush(t_cfg.steps)
+        if not last_eval and start >= t_cfg.steps:
+            # Rerun of a finished run (killed after its last checkpoint, before the caller, a
+            # sweep, recorded its result): the final eval again, the same numbers, logged once.
+            t1 = time.perf_counter()
+            last_eval = eval_record(start)
+            timings["eval"] += time.perf_counter() - t1
+            logged = [json.loads(x) for x in log.path.read_text().splitlines()] if (
+                is_main and log.path.is_file()) else []  # fmt: skip
+            if not any(r.get("step") == start and "val_loss" in r for r in logged):
+                log.write(last_eval)
     finally:
         mgr.wait_until_finished()
         mgr.close()

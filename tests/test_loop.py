@@ -93,6 +93,18 @@ def test_short_calls_reuse_the_one_program_and_match_single_steps(tmp_path):
     assert a["val_loss"] == b["val_loss"] and a["step"] == 7
 
 
+def test_rerun_of_a_finished_run_reports_its_final_eval(tmp_path):
+    """Killed after its last checkpoint but before a sweep recorded it, a run is rerun with
+    nothing left to train: it still reports its final eval, and logs nothing twice."""
+    quiet = lambda *_: None  # noqa: E731
+    cfg = _cfg(tmp_path)
+    first = loop.train_run(cfg, tmp_path / "f", progress=False, print_fn=quiet)
+    before = _lines(tmp_path / "f")
+    again = loop.train_run(cfg, tmp_path / "f", progress=False, print_fn=quiet)
+    assert (again["val_loss"], again["val_bpb"]) == (first["val_loss"], first["val_bpb"])
+    assert _lines(tmp_path / "f") == before
+
+
 def test_runs_of_one_shape_share_compiled_programs(tmp_path):
     """Length, rate, schedule and seed are not compiled in: a sweep's members of one size
     compile their init, train and eval programs once. The seed-argument init is the state
