@@ -275,13 +275,16 @@ class Programs:
 
 _PROGRAMS: OrderedDict[str, Future] = OrderedDict()
 _PROGRAMS_LOCK = threading.Lock()
-_PROGRAMS_KEEP = 8  # shapes kept compiled (a sweep needs its current and next size)
-compile_log: list[tuple[str, float, str]] = []  # (key, seconds, thread name): who compiled
+_PROGRAMS_KEEP = 8  # shapes kept compiled (a sweep trains one size's members in a row)
 
 
 def programs(cfg: Config) -> Programs:
-    """The compiled programs of cfg's shape: compiled here on first use, or waited for when
-    another thread (`precompile`) is compiling them."""
+    """The compiled programs of cfg's shape, compiled on first use (once, also when several
+    threads ask at the same time).
+
+    Compiling the next model size on a background thread while a sweep trains the current one
+    was tried and measured: on 2 shared cores it slowed the overlapped training by more than
+    the compile time it hid (XLA's compiler itself uses several threads), so it is not done."""
     key = program_key(cfg)
     with _PROGRAMS_LOCK:
         fut = _PROGRAMS.get(key)
@@ -301,27 +304,8 @@ def programs(cfg: Config) -> Programs:
                     del _PROGRAMS[key]  # a later call tries again (and raises itself)
             fut.set_exception(e)
             raise
-        compile_log.append((key, progs.compile_s, threading.current_thread().name))
         fut.set_result(progs)
     return fut.result()
-
-
-def precompile(cfgs: list[Config]) -> threading.Thread:
-    """Compile the programs of cfgs, in order, on a background thread. XLA compiles without
-    the GIL, so a sweep compiles its next model size while the current one trains; a small
-    model's step keeps about one core busy. Errors are left for the run that needs the
-    programs to raise."""
-
-    def work():
-        for c in cfgs:
-            try:
-                programs(c)
-            except Exception:  # noqa: BLE001, S112 - raised again where it matters
-                continue
-
-    th = threading.Thread(target=work, name="lm-precompile", daemon=True)
-    th.start()
-    return th
 
 
 def train_run(

@@ -327,23 +327,14 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         tmp.replace(run_dir / DONE_FILE)
         bar.update(work[m.name] / 1e12)
 
-    # Members of one model size share their compiled programs (lm.loop.programs); the next
-    # size's are compiled on a background thread while this one trains.
-    shapes: dict[str, Config] = {}
-    for m in members:
-        if not _done(out / "runs" / m.name):
-            shapes.setdefault(loop.program_key(m.cfg), m.cfg)
-    order = list(shapes)
-    compiled_before = len(loop.compile_log)
-
+    # Members of one model size share their compiled programs (lm.loop.programs): each size
+    # compiles once, when its first member starts.
+    #
     # A trunk is trained up to each branch point in turn (its latest checkpoint is then exactly
     # where the branch starts), the branch is trained, and the trunk goes on.
     for m in members:
         if m.trunk is not None:
             continue
-        key = loop.program_key(m.cfg)
-        if key in order and order.index(key) + 1 < len(order):
-            loop.precompile([shapes[order[order.index(key) + 1]]])
         branches = sorted((b for b in members if b.trunk == m.name), key=lambda b: b.branch_step)
         for b in branches:
             if not _done(out / "runs" / b.name):
@@ -351,7 +342,6 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
             run_member(b)
         run_member(m)
     bar.close()
-    background = sum(s for _, s, th in loop.compile_log[compiled_before:] if th == "lm-precompile")
     rows = results_rows(sweep, members, out)
     write_csv(out / "results.csv", rows)
     write_csv(out / "curves.csv", curve_rows(members, out))
@@ -362,7 +352,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         f"this invocation {total:.0f} s"
     )
     return {"rows": rows, "members": by_name, "timings": timings, "wall_s": total,
-            "run_wall_s": run_wall, "background_compile_s": background}  # fmt: skip
+            "run_wall_s": run_wall}  # fmt: skip
 
 
 def results_rows(sweep: SweepConfig, members: list[Member], out: Path) -> list[dict]:
@@ -487,15 +477,12 @@ def cmd_run(args) -> int:
     t1 = time.perf_counter()
     report.write_report(Path(args.out), sweep, print_fn=print)
     post = time.perf_counter() - t1
-    print(time_breakdown(Path(args.out), res["members"], post, res["background_compile_s"]))
+    print(time_breakdown(Path(args.out), res["members"], post))
     return 0
 
 
-def time_breakdown(out: Path, members: dict, report_s: float, background_s: float = 0.0) -> str:
-    """Where the whole sweep's time went (over every invocation that trained a member).
-
-    `compile` is the time runs waited for their programs; `background_s`, compiling done on
-    another thread while members trained, is no part of the wall time and is shown apart."""
+def time_breakdown(out: Path, members: dict, report_s: float) -> str:
+    """Where the whole sweep's time went (over every invocation that trained a member)."""
     tm: dict[str, float] = {}
     for name in members:
         rec = _done(out / "runs" / name) or {}
@@ -512,7 +499,6 @@ def time_breakdown(out: Path, members: dict, report_s: float, background_s: floa
         f" everything else {other:.0f} s ({other / max(wall, 1e-9):.0%}): "
         + ", ".join(f"{k} {tm.get(k, 0.0):.0f} s" for k in named)
         + f", fits+plots {report_s:.0f} s, other (data, state init, restores) {rest:.0f} s"
-        + (f"; also {background_s:.0f} s of compiling overlapped training" * (background_s > 0))
     )
 
 
