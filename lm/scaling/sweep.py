@@ -262,14 +262,22 @@ def _done(run_dir: Path) -> dict | None:
 
 
 def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_fn=print) -> dict:
+    import jax
     from tqdm import tqdm
 
     from lm import loop
 
+    # Multi-host: every process trains every member (each holds its shards), process 0 alone
+    # writes the sweep's files, and which members are done is process 0's answer, so all
+    # processes take the same path even where a shared filesystem shows files late.
+    main = jax.process_index() == 0
+    if not main:
+        print_fn, progress = (lambda *_: None), False
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     members = plan(sweep)
-    (out / "sweep.json").write_text(json.dumps(dataclasses.asdict(sweep), indent=1))
+    if main:
+        (out / "sweep.json").write_text(json.dumps(dataclasses.asdict(sweep), indent=1))
     by_name = {m.name: m for m in members}
     cost = {m.name: m.cfg.train.steps - (m.branch_step or 0) for m in members}
     work = {m.name: cost[m.name] * flops.flops_per_token(m.cfg.model, m.cfg.train.seq_len)[
@@ -286,10 +294,19 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
     skipped = 0
     data_memo: dict = {}  # the corpus, mapped once for every member
 
+    def done(name: str) -> bool:
+        flag = _done(out / "runs" / name) is not None if main else False
+        if jax.process_count() > 1:
+            import numpy as np
+            from jax.experimental import multihost_utils
+
+            flag = bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+        return flag
+
     def run_member(m: Member, stop_after: int | None = None) -> None:
         nonlocal skipped
         run_dir = out / "runs" / m.name
-        if _done(run_dir):
+        if done(m.name):
             if stop_after is None:
                 skipped += 1
                 bar.update(work[m.name] / 1e12)
@@ -304,6 +321,8 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         wall = time.perf_counter() - t0
         for k, v in summary["timings"].items():
             timings[k] = timings.get(k, 0.0) + v
+        if not main:
+            return
         # Wall time and its breakdown accumulate over the segments a trunk is trained in, and
         # over resumes.
         acc_file = run_dir / "time.json"
@@ -337,14 +356,15 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
             continue
         branches = sorted((b for b in members if b.trunk == m.name), key=lambda b: b.branch_step)
         for b in branches:
-            if not _done(out / "runs" / b.name):
+            if not done(b.name):
                 run_member(m, stop_after=b.branch_step)
             run_member(b)
         run_member(m)
     bar.close()
     rows = results_rows(sweep, members, out)
-    write_csv(out / "results.csv", rows)
-    write_csv(out / "curves.csv", curve_rows(members, out))
+    if main:
+        write_csv(out / "results.csv", rows)
+        write_csv(out / "curves.csv", curve_rows(members, out))
     total = time.perf_counter() - t_start
     run_wall = sum(r["wall_s"] for r in rows)
     print_fn(
@@ -474,6 +494,10 @@ def cmd_run(args) -> int:
     from lm.scaling import report
 
     res = run_sweep(sweep, args.out, progress=not args.no_progress)
+    import jax
+
+    if jax.process_index() != 0:  # process 0 fits, plots and reports
+        return 0
     t1 = time.perf_counter()
     report.write_report(Path(args.out), sweep, print_fn=print)
     post = time.perf_counter() - t1
