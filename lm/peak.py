@@ -16,17 +16,20 @@ import jax
 import jax.numpy as jnp
 
 
-def machine_key() -> str:
-    dev = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{dev.platform}-{dev.device_kind}-x{jax.device_count()}-{cpu}".replace(" ", "_")
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    dev = jax.devices()[0]
+    return f"{dev.platform}-{dev.device_kind}-x{jax.device_count()}-{cpu_model()}".replace(" ", "_")
 
 
 def measure_peak_flops(n: int | None = None, repeats: int = 5, dtype=None) -> float:

@@ -62,32 +62,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _two_processes(path: Path, out: Path) -> list[str]:
+    """`lm sweep run` as processes 0 and 1 of one jax.distributed job; their stdouts."""
+    coord = f"127.0.0.1:{_free_port()}"
+    flags = ["--out", str(out), "--coordinator", coord, "--num-processes", "2"]
+    procs = [_start([str(path), *flags, "--process-id", str(i)], 1) for i in range(2)]
+    return [_wait(p) for p in procs]
+
+
 def test_two_process_sweep_matches_one_process(tmp_path):
     path = _sweep_file(tmp_path)
     _wait(_start([str(path), "--out", str(tmp_path / "one")], 2))
     one = _losses(tmp_path / "one")
     assert len(one) == 2
 
-    coord = f"127.0.0.1:{_free_port()}"
     two_dir = tmp_path / "two"
-    procs = [
-        _start(
-            [
-                str(path),
-                "--out",
-                str(two_dir),
-                "--coordinator",
-                coord,
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            1,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    outs = [_wait(p) for p in procs]
+    outs = _two_processes(path, two_dir)
     two = _losses(two_dir)
     assert two.keys() == one.keys()
     np.testing.assert_allclose([two[k] for k in one], list(one.values()), **TOL)
@@ -101,24 +91,6 @@ def test_two_process_sweep_matches_one_process(tmp_path):
 
     # rerun on both processes: everything is done, nothing trains, same table
     before = (two_dir / "results.csv").read_text()
-    coord = f"127.0.0.1:{_free_port()}"
-    procs = [
-        _start(
-            [
-                str(path),
-                "--out",
-                str(two_dir),
-                "--coordinator",
-                coord,
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(i),
-            ],
-            1,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    outs = [_wait(p) for p in procs]
+    outs = _two_processes(path, two_dir)
     assert "(2 already done)" in outs[0]
     assert (two_dir / "results.csv").read_text() == before
