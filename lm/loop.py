@@ -458,6 +458,7 @@ def train_run(
             leave=bar_position == 0,
         )
     # (first step, steps, device metrics) not yet checked
+    warned_mfu: list[bool] = []  # MFU above 100% is reported once per run
     pending: list[tuple[int, int, Any]] = []
     window_t0, window_tokens, last_eval = time.perf_counter(), 0, {}
 
@@ -490,6 +491,13 @@ def train_run(
             "tokens_per_s": tps,
             "mfu": tps * fpt["hardware"] / peak,
         }
+        if rec["mfu"] > 1.0 and not warned_mfu and is_main:
+            warned_mfu.append(True)
+            print_fn(
+                f"warning: MFU {rec['mfu']:.0%} at step {step_now}: the peak ({peak_source}) is "
+                "too low, e.g. measured while the machine was busy; set train.peak_flops or "
+                "delete the cache file"
+            )
         window_t0, window_tokens = time.perf_counter(), 0
         return rec
 

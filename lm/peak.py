@@ -49,20 +49,36 @@ def measure_peak_flops(n: int | None = None, repeats: int = 5, dtype=None) -> fl
     return 2 * n**3 / best
 
 
+def _table(path: Path) -> dict[str, float]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(path: Path, table: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table, indent=1))
+    tmp.replace(path)
+
+
 def peak_flops(cache_dir: str | Path = "~/.cache/lm") -> float:
     """Cached per machine; delete the file (printed in the run log) to measure again."""
     path = Path(cache_dir).expanduser() / "peak_flops.json"
-    key = machine_key()
-    table = {}
-    if path.is_file():
-        try:
-            table = json.loads(path.read_text())
-        except (OSError, ValueError):
-            table = {}
+    key, table = machine_key(), _table(path)
     if key not in table:
         table[key] = measure_peak_flops() * jax.device_count()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
+        _write(path, table)
+    return float(table[key])
+
+
+def record_peak(flops_per_s: float, cache_dir: str | Path = "~/.cache/lm") -> float:
+    """Keep the highest peak measured on this machine (all devices): a measurement taken while
+    other jobs shared the cores is too low, and every MFU computed against it too high."""
+    path = Path(cache_dir).expanduser() / "peak_flops.json"
+    key, table = machine_key(), _table(path)
+    if flops_per_s > table.get(key, 0.0):
+        table[key] = flops_per_s
+        _write(path, table)
     return float(table[key])

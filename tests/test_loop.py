@@ -247,3 +247,25 @@ def test_cli_sigkill_then_rerun_resumes_to_the_same_loss(tmp_path):
     last = lambda rd: [r for r in _lines(rd) if "val_loss" in r][-1]
     assert last(tmp_path / "a")["val_loss"] == last(run)["val_loss"]
     assert [r["step"] for r in _lines(run)] == [r["step"] for r in _lines(tmp_path / "a")]
+
+
+def test_an_impossible_mfu_warns_once_and_the_best_peak_is_kept(tmp_path):
+    """A peak measured under load makes MFU exceed 100%: the run says so (once), and
+    record_peak only ever raises the cached figure."""
+    from tiny import tiny_cfg
+
+    from lm import peak
+
+    lines: list[str] = []
+    cfg = tiny_cfg(tmp_path, "train.peak_flops=1e3", "train.steps=8", "train.log_every=4")
+    out = loop.train_run(cfg, tmp_path / "run", progress=False, print_fn=lines.append)
+    warnings = [x for x in lines if x.startswith("warning: MFU")]
+    assert len(warnings) == 1 and "train.peak_flops" in warnings[0], lines
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["mfu"] > 1 for r in recs if "mfu" in r) and out["step"] == 8
+
+    cache = tmp_path / "peak"
+    assert peak.record_peak(5e10, cache) == 5e10
+    assert peak.record_peak(2e10, cache) == 5e10  # a busier measurement never lowers it
+    assert peak.record_peak(9e10, cache) == 9e10
+    assert peak.peak_flops(cache) == 9e10  # and runs use it, with no new measurement
