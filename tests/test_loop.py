@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import tiny_cfg
 
 from lm import checkpoint, config, loop
 from lm.config import ConfigError
@@ -19,28 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(tmp_path, *extra):
-    return config.load(
-        None,
-        [
-            "model.n_layers=2",
-            "model.d_model=32",
-            "model.n_heads=2",
-            "model.max_seq_len=32",
-            "data.max_docs=300",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "train.seq_len=32",
-            "train.batch_size=8",
-            "train.steps=12",
-            "train.warmup_steps=2",
-            "train.log_every=2",
-            "train.eval_every=4",
-            "train.eval_windows=8",
-            "train.ckpt_every=4",
-            "train.steps_per_call=2",
-            "train.peak_flops=1e11",
-            *extra,
-        ],
-    )
+    """The shared tiny run, longer: 12 steps in calls of 2, so resumes land mid-run."""
+    return tiny_cfg(
+        tmp_path,
+        "train.steps=12", "train.warmup_steps=2", "train.log_every=2", "train.eval_every=4",
+        "train.eval_windows=8", "train.ckpt_every=4", "train.steps_per_call=2", *extra,
+    )  # fmt: skip
 
 
 def _lines(run_dir):
@@ -252,8 +237,6 @@ def test_cli_sigkill_then_rerun_resumes_to_the_same_loss(tmp_path):
 def test_an_impossible_mfu_warns_once_and_the_best_peak_is_kept(tmp_path):
     """A peak measured under load makes MFU exceed 100%: the run says so (once), and
     record_peak only ever raises the cached figure."""
-    from tiny import tiny_cfg
-
     from lm import peak
 
     lines: list[str] = []
@@ -261,8 +244,7 @@ def test_an_impossible_mfu_warns_once_and_the_best_peak_is_kept(tmp_path):
     out = loop.train_run(cfg, tmp_path / "run", progress=False, print_fn=lines.append)
     warnings = [x for x in lines if x.startswith("warning: MFU")]
     assert len(warnings) == 1 and "train.peak_flops" in warnings[0], lines
-    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["mfu"] > 1 for r in recs if "mfu" in r) and out["step"] == 8
+    assert all(r["mfu"] > 1 for r in _lines(tmp_path / "run") if "mfu" in r) and out["step"] == 8
 
     cache = tmp_path / "peak"
     assert peak.record_peak(5e10, cache) == 5e10
