@@ -20,16 +20,14 @@ class UsageError(Exception):
     """A one-line user error (bad path, bad value): printed without a traceback."""
 
 
+def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE ...`, repeatable, as every command that takes overrides spells it."""
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help)
+
+
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--config", required=required, help="YAML config file (see configs/)")
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. --set model.d_model=256 train.lr=3e-4",
-    )
+    add_set_option(p, "override config keys, e.g. --set model.d_model=256 train.lr=3e-4")
 
 
 def _load_config(args):

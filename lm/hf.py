@@ -814,6 +814,8 @@ def cmd_export(args) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register import-hf and export-hf on the `lm` subparsers."""
+    from lm.cli import add_set_option  # lm.cli imports this module's parsers
+
     i = sub.add_parser(
         "import-hf",
         help="a local Hugging Face Llama/GPT-2 model directory -> a run directory",
@@ -830,13 +832,9 @@ def add_parsers(sub: Any) -> None:
     )
     i.add_argument("path", help="Hugging Face model directory (local)")
     i.add_argument("--out", required=True, help="run directory to create")
-    i.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides for the run (data.*, train.*; model.compute_dtype/param_dtype/"
+    add_set_option(
+        i,
+        "config overrides for the run (data.*, train.*; model.compute_dtype/param_dtype/"
         "remat/scan_layers)",
     )
     i.set_defaults(func=cmd_import)

@@ -527,6 +527,8 @@ def time_breakdown(out: Path, members: dict, report_s: float) -> str:
 
 
 def add_sweep_parser(sub) -> None:
+    from lm.cli import add_set_option  # lm.cli imports this module's parsers
+
     sw = sub.add_parser("sweep", help="scaling sweeps over model size and data size")
     ssub = sw.add_subparsers(dest="sweep_command", required=True)
     r = ssub.add_parser(
@@ -536,14 +538,7 @@ def add_sweep_parser(sub) -> None:
     )
     r.add_argument("file", help="sweep file, e.g. configs/sweeps/cpu-tiny.yaml")
     r.add_argument("--out", required=True, help="sweep directory")
-    r.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override sweep keys, e.g. --set seeds=1 base.train.batch_size=16",
-    )
+    add_set_option(r, "override sweep keys, e.g. --set seeds=1 base.train.batch_size=16")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument(
         "--distributed",
@@ -556,5 +551,5 @@ def add_sweep_parser(sub) -> None:
     r.set_defaults(func=cmd_run)
     p = ssub.add_parser("plan", help="print members, FLOPs and estimated wall time; no training")
     p.add_argument("file")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    add_set_option(p, "override sweep keys, as for run")
     p.set_defaults(func=cmd_plan)
