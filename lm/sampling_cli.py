@@ -222,11 +222,11 @@ def cmd_export(args) -> int:
     if Path(args.run).is_file():
         raise _usage(f"--run {args.run}: is a file already; export needs a run directory")
     cfg, tok, _ = open_run(args.run)  # the checks sample makes: a checkpoint or table exists
-    from lm.tokenizer import ByteTokenizer, SentencePieceTokenizer
+    from lm.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer
 
     if not isinstance(tok, ByteTokenizer | SentencePieceTokenizer):
         # the numpy runner reimplements only these two tokenizers, so the file would not run
-        hint = "; use lm export-hf for imported models" if "HF" in type(tok).__name__ else ""
+        hint = "; use lm export-hf for imported models" if isinstance(tok, HFTokenizer) else ""
         raise _usage(
             f"--run {args.run}: its tokenizer is a {type(tok).__name__}; a model file carries "
             f"byte or sentencepiece tokenizers only{hint}"
