@@ -10,6 +10,10 @@ FLOPs per *training* token (forward + backward = 3x forward), side by side:
 - `6N_out`: 6 x (non-embedding + output-layer params): the count that, with total params, resolves
   the Kaplan/Chinchilla exponent gap (Porian et al. 2024, arXiv:2406.19146; Pearce & Song 2024,
   arXiv:2406.12907).
+- `6N_out_attn`: `6N_out` plus the same causal attention term as `6N_attn`, i.e.
+  6(N + D*V) + 3 * causal_attn_fwd: Porian et al. 2024's effective count, which charges both the
+  output layer and attention, whose share of the FLOPs is largest at the small sizes a cheap
+  sweep trains. Its parameter count is `count_params(cfg)["non_embedding_out"]`.
 - `chinchilla`: Hoffmann et al. 2022 (arXiv:2203.15556) Appendix F, which counts embeddings, the
   output layer, the softmax, and full (non-causal) attention, backward = 2x forward.
 - `hardware`: what the compiled step really multiplies: every matmul weight (the output layer
@@ -26,15 +30,22 @@ import jax
 from lm.config import ModelConfig
 from lm.model import is_spec, param_specs
 
-CONVENTIONS = ("6N", "6N_attn", "6N_out", "chinchilla", "hardware")
+CONVENTIONS = ("6N", "6N_attn", "6N_out", "6N_out_attn", "chinchilla", "hardware")
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:
-    """Total, embedding (token, position and untied output tables) and non-embedding counts."""
+    """Total, embedding (token, position and untied output tables) and non-embedding counts,
+    and `non_embedding_out`: non-embedding plus the output layer's d_model x vocab weights
+    (counted once whether or not they are tied to the token table), the N of `6N_out`."""
     specs = jax.tree_util.tree_leaves(param_specs(cfg), is_leaf=is_spec)
     total = sum(math.prod(s.shape) for s in specs)
     emb = sum(math.prod(s.shape) for s in specs if s.embedding)
-    return {"total": total, "embedding": emb, "non_embedding": total - emb}
+    return {
+        "total": total,
+        "embedding": emb,
+        "non_embedding": total - emb,
+        "non_embedding_out": total - emb + cfg.d_model * cfg.vocab_size,
+    }
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
@@ -67,6 +78,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
         "6N": 6.0 * n,
         "6N_attn": 6.0 * n + 3.0 * causal_attn_fwd,
         "6N_out": 6.0 * (n + out),
+        "6N_out_attn": 6.0 * (n + out) + 3.0 * causal_attn_fwd,
         "chinchilla": 3.0 * chin_fwd,
         "hardware": 6.0 * (n + out) + 3.0 * full_attn_fwd,
     }

@@ -266,13 +266,19 @@ def test_approach1_recovers_allocation_exponents_from_training_curves():
 
 
 def test_approach2_recovers_a_from_isoflop_profiles():
-    res = F.fit_approach2(isoflop_runs())
-    assert res.params["a"] == pytest.approx(CHIN_a, abs=0.01)
-    assert res.params["b"] == pytest.approx(1 - CHIN_a, abs=0.01)
-    budgets = res.details["budgets"]
-    assert len(budgets) == 7 and all(b["interior"] for b in budgets)
-    for b in budgets:
-        assert b["D_opt"] == pytest.approx(b["C"] / (6 * b["N_opt"]))
+    # Each budget's parabola uses the 7 sizes nearest its minimum, not all 9: on this symmetric,
+    # outlier-free design that costs some precision (rms error in a 0.009 over seeds, vs 0.005
+    # for all 9), the price of robustness on lopsided, wide profiles (tests/test_fit_isoflop.py).
+    for seed in range(3):
+        res = F.fit_approach2(isoflop_runs(seed=seed))
+        assert res.params["a"] == pytest.approx(CHIN_a, abs=0.02)
+        assert res.params["b"] == pytest.approx(1 - CHIN_a, abs=0.02)
+        budgets = res.details["budgets"]
+        assert len(budgets) == 7 and all(b["interior"] for b in budgets)
+        assert all(b["n_sizes_used"] == 7 for b in budgets)
+        # D_opt is read off the data, not computed as C / 6 N_opt; with C = 6ND they agree.
+        for b in budgets:
+            assert b["D_opt"] == pytest.approx(b["C"] / (6 * b["N_opt"]), rel=1e-9)
 
 
 def test_approach2_recovers_a_different_exponent():
@@ -389,14 +395,17 @@ def test_cli_approach2_writes_json_with_the_papers_keys(tmp_path, capsys):
         ["fit", "--runs", str(csv_path), "--approach", "2", "--bootstrap", "50", "--out", str(out)]
     )
     assert rc == 0
-    data = json.loads(out.read_text())
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"approach2"}
+    data = doc["approach2"]
     assert data["approach"] == "2" and data["n_points"] == 63
-    assert data["a"] == pytest.approx(CHIN_a, abs=0.01)
+    assert data["a"] == pytest.approx(CHIN_a, abs=0.02)
     assert {"a", "b", "k_N", "k_D", "budgets", "ci95", "extrapolation", "formula", "stats"} <= set(
         data
     )
     assert set(data["ci95"]) == {"a", "b", "k_N", "k_D"}
     assert len(data["budgets"]) == 7 and "N_opt" in data["budgets"][0]
+    assert data["budgets_used"] == 7 and data["budgets_dropped"] == []
     printed = capsys.readouterr().out
     assert "a " in printed and "95% CI" in printed and "extrapolation" in printed
 

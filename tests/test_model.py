@@ -257,3 +257,21 @@ def test_flop_conventions_are_ordered():
     assert f["6N"] < f["6N_attn"] < f["hardware"]
     assert f["6N_out"] == 6 * (n + 128 * 512)
     assert f["chinchilla"] > f["6N_out"]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_6n_out_attn_counts_the_output_layer_and_causal_attention(tied):
+    """Porian et al. 2024's effective count: 6(N + d V) plus the causal attention of 6N_attn,
+    whether or not the output layer shares the token table."""
+    L, d, H, V, T = 3, 64, 4, 100, 32
+    cfg = ModelConfig(n_layers=L, d_model=d, n_heads=H, vocab_size=V, max_seq_len=T,
+                      tied_embeddings=tied)  # fmt: skip
+    f = flops.flops_per_token(cfg, T)
+    counts = flops.count_params(cfg)
+    assert "6N_out_attn" in flops.CONVENTIONS
+    assert counts["non_embedding_out"] == counts["non_embedding"] + d * V
+    assert f["6N_out"] == 6 * counts["non_embedding_out"]
+    causal = 3 * L * 2 * d * (T + 1)  # QK^T and AV over positions 1..T, forward x 3
+    assert f["6N_attn"] - f["6N"] == causal
+    assert f["6N_out_attn"] == 6 * counts["non_embedding_out"] + causal
+    assert f["6N_out"] < f["6N_out_attn"] < f["hardware"]

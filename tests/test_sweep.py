@@ -96,13 +96,17 @@ def test_shipped_sweeps_load_and_plan():
 
 
 def test_cpu_tiny_preset_meets_the_spec():
+    # The main job answers approach 2 from trained runs: >= 5 IsoFLOP budgets over >= 1.5
+    # decades, each with >= 5 sizes, learning rates from its own LR sweep.
     sw = sweep_lib.load_sweep(ROOT / "configs" / "sweeps" / "cpu-tiny.yaml")
+    assert sw.kind == "isoflop" and len(sw.budgets) >= 5
+    assert math.log10(max(sw.budgets) / min(sw.budgets)) >= 1.5 - 1e-9
     main = [m for m in sweep_lib.plan(sw) if m.group == "main"]
-    assert len({m.N for m in main}) >= 5 and len({m.D for m in main}) >= 4
-    cs = [sweep_lib.compute(m)["C_6N"] for m in main]
-    assert math.log10(max(cs) / min(cs)) >= 1.5
+    for c in sw.budgets:
+        assert len({m.N for m in main if m.budget == c}) >= 5, c
     assert all(m.cfg.model.n_layers >= 2 for m in main)
-    assert all(3e4 * 0.7 <= m.N <= 1e6 * 1.3 for m in main)
+    assert len(sw.lr_sweep_sizes) >= 2 and len(sw.lr_sweep_lrs) >= 3
+    assert all(m.cfg.train.beta2 == 0.99 for m in main)
 
 
 def _rows(path):
@@ -132,3 +136,101 @@ def test_branch_equals_a_separate_wsd_run_and_rerun_skips(tmp_path):
     assert res2["timings"] == {}
     assert (out / "results.csv").read_text() == before
     assert len(_rows(out / "curves.csv")) > 0
+
+
+def test_lr_rule_recovers_a_known_power_law():
+    # Loss is a parabola in log lr around lr*(N) = 5 N^-0.6 (an independent closed form), sampled
+    # on a factor-2 grid that does not contain the optimum: the per-size vertices and the fitted
+    # rule must land on it.
+    pts = []
+    for n in (1e4, 3e4, 1e5):
+        opt = 5.0 * n**-0.6
+        for lr in (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2):
+            pts.append({"N": n, "lr": lr, "loss": 2.0 + 0.1 * math.log(lr / opt) ** 2})
+    doc = sweep_lib.fit_lr_rule(pts)
+    assert not any(s["edge"] for s in doc["per_size"])
+    for s in doc["per_size"]:
+        assert s["lr_opt"] == pytest.approx(5.0 * s["N"] ** -0.6, rel=1e-9)
+    assert doc["rule"]["p"] == pytest.approx(-0.6, abs=1e-9)
+    assert doc["rule"]["k"] == pytest.approx(5.0, rel=1e-9)
+    rule = sweep_lib.LRRule(doc["rule"]["k"], doc["rule"]["p"])
+    assert rule(1e4) == pytest.approx(5.0 * 1e4**-0.6)
+
+
+def test_lr_rule_flags_an_optimum_beyond_the_rates_tried():
+    pts = [{"N": n, "lr": lr, "loss": 3.0 - lr} for n in (1e4, 1e5) for lr in (1e-3, 2e-3, 4e-3)]
+    doc = sweep_lib.fit_lr_rule(pts)
+    assert all(s["edge"] and s["lr_opt"] == pytest.approx(4e-3) for s in doc["per_size"])
+    assert "edge" in doc["per_size"][0]["note"]
+
+
+def test_lr_sweep_members_and_rule_in_the_plan(tmp_path):
+    sw = _tiny_sweep(tmp_path, kind="isoflop", budgets=(1e9, 3e9), sizes=(2e4, 4e4),
+                     lr_sweep_sizes=(2e4, 4e4), lr_sweep_lrs=(1e-3, 3e-3, 1e-2),
+                     lr_sweep_tokens_per_param=2.0, flops_convention="6N_out_attn")  # fmt: skip
+    lr_members = sweep_lib.plan_lr(sw)
+    assert len(lr_members) == 6 and {m.group for m in lr_members} == {"lr"}
+    assert sorted({m.cfg.train.lr for m in lr_members}) == [1e-3, 3e-3, 1e-2]
+    for m in lr_members:
+        n = sweep_lib.params_for(m.cfg.model, "6N_out_attn")
+        assert abs(m.D - 2.0 * n) <= m.cfg.train.batch_size * m.cfg.train.seq_len
+    rule = sweep_lib.LRRule(0.3, -0.5)
+    for m in sweep_lib.plan(sw, rule):
+        n = sweep_lib.params_for(m.cfg.model, "6N_out_attn")
+        assert m.cfg.train.lr == pytest.approx(0.3 * n**-0.5)
+        assert m.cfg.train.beta2 == 0.99
+
+
+def test_params_for_each_convention(tmp_path):
+    m = sweep_lib.plan(_tiny_sweep(tmp_path))[0].cfg.model
+    c = flops.count_params(m)
+    out = m.d_model * m.vocab_size
+    assert sweep_lib.params_for(m, "6N") == c["non_embedding"]
+    assert sweep_lib.params_for(m, "6N_out") == c["non_embedding"] + out
+    assert sweep_lib.params_for(m, "6N_out_attn") == c["non_embedding"] + out
+    assert sweep_lib.params_for(m, "chinchilla") == c["total"]
+
+
+def test_design_check_passes_a_bracketing_design_and_fails_others(tmp_path):
+    # Sizes 1e4..1.6e5 at budgets whose expected optimum (D/N = 20) sits mid-range: PASS.
+    kw = dict(kind="isoflop", sizes=(1e4, 2e4, 4e4, 8e4, 1.6e5), min_sizes_per_budget=5,
+              min_sizes_each_side=2, expected_tokens_per_param=20.0,
+              max_tokens_per_param=1e4)  # fmt: skip
+    good = _tiny_sweep(tmp_path, budgets=(6 * 4e4 * 20 * 4e4,), **kw)
+    rows = sweep_lib.design_check(good, sweep_lib.plan(good))
+    assert [r["pass"] for r in rows] == [True]
+    assert rows[0]["below"] >= 2 and rows[0]["above"] >= 2
+    # A budget so large that every size is below its optimum cannot bracket it: FAIL.
+    bad = _tiny_sweep(tmp_path, budgets=(6 * 1e7 * 20 * 1e7,), **kw)
+    rows = sweep_lib.design_check(bad, sweep_lib.plan(bad))
+    assert [r["pass"] for r in rows] == [False] and rows[0]["above"] == 0
+    lines = sweep_lib.design_lines(bad, sweep_lib.plan(bad))
+    assert lines[0].startswith("design FAIL") and "cannot bracket" in lines[-1]
+    # Too few sizes: FAIL even when they straddle the optimum.
+    few = _tiny_sweep(tmp_path, budgets=(6 * 4e4 * 20 * 4e4,), **{**kw, "sizes": (2e4, 4e4, 8e4)})
+    assert not sweep_lib.design_check(few, sweep_lib.plan(few))[0]["pass"]
+    # A grid cannot: approach 2 would interpolate.
+    assert not sweep_lib.design_check(_tiny_sweep(tmp_path), [])[0]["pass"]
+
+
+def test_shipped_isoflop_presets_pass_their_design_check():
+    for name in ("cpu-tiny", "tpu-isoflop"):
+        sw = sweep_lib.load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml")
+        rows = sweep_lib.design_check(sw, sweep_lib.plan(sw))
+        assert rows and all(r["pass"] for r in rows), (name, rows)
+        if name == "tpu-isoflop":
+            assert all(r["n_sizes"] >= 7 for r in rows)
+
+
+def test_bad_lr_sweep_keys(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("kind: grid\nsizes: [1e5]\ntokens: [1e6]\nlr_sweep_sizes: [1e4, 2e4]\n"
+                 "lr_sweep_lrs: [1e-3, 2e-3]\n")  # fmt: skip
+    with pytest.raises(ConfigError, match="lr_sweep_lrs"):
+        sweep_lib.load_sweep(p)
+    p.write_text("kind: grid\nsizes: [.inf]\ntokens: [1e6]\n")
+    with pytest.raises(ConfigError, match="sizes"):
+        sweep_lib.load_sweep(p)
+    p.write_text("kind: grid\nsizes: [1e5]\ntokens: [1e6]\nbase: 5\n")
+    with pytest.raises(ConfigError, match="base=5"):
+        sweep_lib.load_sweep(p)

@@ -1,4 +1,4 @@
-"""Scaling laws: sweeps (sweep.py), fits (fit.py), reports and plots (report.py).
+"""Scaling laws: sweeps (sweep.py), fits (fit.py), reports and plots (the report package).
 
 Constants the command line needs without importing JAX live here."""
 

@@ -4,8 +4,15 @@
 
 The CSV needs columns for model size N (parameters), training tokens D and final loss (names
 set by --n-column, --d-column, --loss-column); compute C (FLOPs, --flops-column) is optional
-and defaults to 6ND. Every value must be a positive number. Bad input ends with one line on
-stderr naming the culprit and exit code 2; no traceback.
+and defaults to 6ND. Every value must be a positive number. An optional run-label column
+(--run-column, default 'name' when present) says which rows are checkpoints of one training
+run: approach 1 smooths each run's curve and its bootstrap resamples whole runs. Bad input
+ends with one line on stderr naming the culprit and exit code 2; no traceback.
+
+Approach 2 writes {"approach2": {"a", "b", "ci95" (with --bootstrap), "budgets_used",
+"budgets_dropped": [{"C", "reason", ...}], and the rest of the fit: k_N, k_D, budgets (the
+IsoFLOP minima), stats, bootstrap, extrapolation, ...}}; the other approaches write the fit's
+keys at the top level.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="K",
-        help="K resamples of the rows for 95%% percentile intervals (0: none)",
+        help="K bootstrap resamples for 95%% percentile intervals (0: none): rows; approach 1 "
+        "whole runs; approach 2 loss residuals within each budget",
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--out", type=Path, default=Path("fit.json"), help="JSON output path")
@@ -52,6 +60,13 @@ def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-column", default="N", metavar="N", help="parameters column")
     p.add_argument("--d-column", default="D", metavar="D", help="tokens column")
     p.add_argument("--loss-column", default="loss", metavar="LOSS", help="loss column")
+    p.add_argument(
+        "--run-column",
+        default=None,
+        metavar="NAME",
+        help="run-label column: rows with one label are one run's loss curve (approach 1 "
+        "smooths each curve and bootstraps whole runs); default: 'name' if present; '' for none",
+    )
     p.add_argument(
         "--budget-tol",
         type=float,
@@ -67,8 +82,16 @@ def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def read_runs(path: Path, n_col: str, d_col: str, loss_col: str, flops_col: str | None) -> Runs:
-    """Read and validate the CSV; raises FitError with one line naming the file, row, column."""
+def read_runs(
+    path: Path,
+    n_col: str,
+    d_col: str,
+    loss_col: str,
+    flops_col: str | None,
+    run_col: str | None = None,
+) -> Runs:
+    """Read and validate the CSV; raises FitError with one line naming the file, row, column.
+    `run_col` None means 'name' if the CSV has it; '' means no run labels."""
     from lm.scaling import fit as F
 
     if not path.is_file():
@@ -86,6 +109,10 @@ def read_runs(path: Path, n_col: str, d_col: str, loss_col: str, flops_col: str 
     wanted = [(n_col, "--n-column"), (d_col, "--d-column"), (loss_col, "--loss-column")]
     if flops_col is not None:
         wanted.append((flops_col, "--flops-column"))
+    if run_col is None:
+        run_col = "name" if "name" in header else ""
+    elif run_col:
+        wanted.append((run_col, "--run-column"))
     for col, flag in wanted:
         if col not in header:
             raise F.FitError(f"column {col!r} ({flag}) not in {path}; columns: {', '.join(header)}")
@@ -93,8 +120,14 @@ def read_runs(path: Path, n_col: str, d_col: str, loss_col: str, flops_col: str 
         raise F.FitError(f"{path} has a header but no data rows")
     cols = [n_col, d_col, loss_col] + ([c_col] if c_col else [])
     values: dict[str, list[float]] = {c: [] for c in cols}
+    labels: list[str] = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         row = {(k or "").strip(): v for k, v in row.items()}
+        if run_col:
+            label = (row.get(run_col) or "").strip()
+            if not label:
+                raise F.FitError(f"{path} line {line}, column {run_col!r}: empty run label")
+            labels.append(label)
         for c in cols:
             raw = (row.get(c) or "").strip()
             try:
@@ -109,7 +142,11 @@ def read_runs(path: Path, n_col: str, d_col: str, loss_col: str, flops_col: str 
                 )
             values[c].append(v)
     return F.Runs.from_arrays(
-        values[n_col], values[d_col], values[loss_col], values[c_col] if c_col else None
+        values[n_col],
+        values[d_col],
+        values[loss_col],
+        values[c_col] if c_col else None,
+        labels if run_col else None,
     )
 
 
@@ -149,12 +186,14 @@ def format_table(out: dict[str, Any], params: list[str]) -> str:
             f"{stats['n_starts']} starts reached it; rms log residual "
             f"{stats['rms_log_residual']:.4g}"
         )
+    if "smoothing" in stats:
+        lines.append(f"  {stats['n_runs']} runs; smoothing: {stats['smoothing']}")
     if out.get("budgets"):
-        lines += ["", f"  {'C':>11} {'N_opt':>11} {'D_opt':>11} {'L_opt':>8} sizes interior"]
+        lines += ["", f"  {'C':>11} {'N_opt':>11} {'D_opt':>11} {'L_opt':>8} sizes window"]
         for m in out["budgets"]:
             lines.append(
                 f"  {m['C']:>11.4e} {m['N_opt']:>11.4e} {m['D_opt']:>11.4e} "
-                f"{m['L_opt']:>8.4f} {m['n_sizes']:>5} {str(m['interior']):>8}"
+                f"{m['L_opt']:>8.4f} {m['n_sizes']:>5} {m['n_sizes_used']:>6}"
             )
         for d in out.get("dropped_budgets", []):
             lines.append(f"  dropped budget C={d['C']:.4e}: {d['reason']}")
@@ -177,13 +216,32 @@ def format_table(out: dict[str, Any], params: list[str]) -> str:
     return "\n".join(lines)
 
 
+def approach2_json(out: dict[str, Any]) -> dict[str, Any]:
+    """Approach 2's output: the exponents, their intervals and which budgets were used first,
+    then everything else the fit reports."""
+    head: dict[str, Any] = {"a": out["a"], "b": out["b"]}
+    if "ci95" in out:
+        head["ci95"] = out["ci95"]
+    head["budgets_used"] = len(out.get("budgets", []))
+    head["budgets_dropped"] = [
+        {"C": d["C"], "reason": d["reason"], **d} for d in out.get("dropped_budgets", [])
+    ]
+    rest = {k: v for k, v in out.items() if k not in head and k != "dropped_budgets"}
+    return {**head, **rest}
+
+
 def run_fit(args: argparse.Namespace) -> int:
     """Read, fit, write JSON, print the table. Returns 0, or 2 on bad input."""
     from lm.scaling import fit as F
 
     try:
         runs = read_runs(
-            args.runs, args.n_column, args.d_column, args.loss_column, args.flops_column
+            args.runs,
+            args.n_column,
+            args.d_column,
+            args.loss_column,
+            args.flops_column,
+            args.run_column,
         )
         if args.bootstrap < 0:
             raise F.FitError(f"--bootstrap must be >= 0, got {args.bootstrap}")
@@ -201,9 +259,10 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = result.to_json()
+    doc = {"approach2": approach2_json(out)} if result.approach == "2" else out
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2, allow_nan=False) + "\n")
+        args.out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     except OSError as e:
         print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2

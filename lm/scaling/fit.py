@@ -1,31 +1,52 @@
 """Scaling-law fitting: Kaplan et al. 2020 and the three Chinchilla approaches.
 
 A pure library: every fitter takes plain arrays of model size N (parameters), training tokens D,
-final loss L and, optionally, training compute C (FLOPs; C = 6ND when absent), and returns a
-frozen `FitResult`. Nothing here knows about this repository's training code, so it works on
-anyone's runs.
+final loss L and, optionally, training compute C (FLOPs; C = 6ND when absent) and run labels,
+and returns a frozen `FitResult`. Nothing here knows about this repository's training code, so
+it works on anyone's runs.
 
 References
 ----------
 - Kaplan et al. 2020, "Scaling Laws for Neural Language Models", arXiv:2001.08361.
 - Hoffmann et al. 2022, "Training Compute-Optimal Large Language Models" (Chinchilla),
-  arXiv:2203.15556.
+  arXiv:2203.15556: approach 1 (sec. 3.1, the envelope of training curves), approach 2
+  (sec. 3.2, IsoFLOP profiles), approach 3 (sec. 3.3 and appendix D.2, the parametric fit).
+- Porian et al. 2024, "Resolving Discrepancies in Compute-Optimal Scaling of Language Models",
+  arXiv:2406.19146. They locate each IsoFLOP minimum by interpolating around the empirical
+  minimum instead of one parabola through the whole profile, and count compute with the
+  output layer's FLOPs, under which D_opt = C / (6 N_opt) is wrong.
 - Besiroglu et al. 2024, "Chinchilla Scaling: A replication attempt", arXiv:2404.10102. They
   refit approach 3 on the paper's own data and found the published estimates were not the
   optimum of the stated objective (the optimizer stopped early) and the intervals implausibly
   narrow. That is why approach 3 here uses tight tolerances, keeps the best of the full start
   grid, and reports bootstrap intervals.
+- Czech et al. 2026, "Problems with Chinchilla Approach 2", arXiv:2603.22339: the biases of
+  wide, uncentred IsoFLOP parabola fits, which the local window of approach 2 here limits.
+
+How approaches 1 and 2 are made robust
+--------------------------------------
+Approach 2 (`isoflop_minima`): per budget, the empirical minimum; budgets whose minimum is at
+the smallest or largest sampled size are dropped (and listed with the reason); a parabola in
+log N over a window of sizes around the minimum only (re-centred on its own vertex), so the
+far, lopsided ends of a profile and warmup-phase points at tiny D do not bend it; D_opt read
+off the data at N_opt (never C / 6N_opt), and b fitted on its own. The bootstrap is a
+residual bootstrap that keeps every budget's design.
+Approach 1 (`fit_approach1`): each run's loss curve smoothed (`smooth_curves`) before the
+envelope, envelope rows at the smallest and largest size left out, designs that cannot
+identify a refused, and the bootstrap resamples whole runs.
 
 Public API
 ----------
-Data:        `Runs` (validated, read-only arrays), `FitError` (one-line message for bad input).
+Data:        `Runs` (validated, read-only arrays, optional run labels), `FitError` (one-line
+             message for bad input).
 Fitters:     `fit_kaplan`, `fit_approach1`, `fit_approach2`, `fit_approach3`; `fit_one` dispatches
              on "kaplan" / "1" / "2" / "3"; `fit` also attaches bootstrap intervals and the
              extrapolation check. Each returns a frozen `FitResult` (`.to_json()` for output).
-Uncertainty: `bootstrap` -> `Bootstrap` (percentile 95% intervals), `extrapolation_check` (hold
-             out the largest compute budget, predict it), `bootstrap_starts`.
+Uncertainty: `bootstrap` -> `Bootstrap` (percentile 95% intervals; rows, runs or residuals by
+             approach), `extrapolation_check` (hold out the largest compute budget, predict
+             it), `bootstrap_starts`.
 Pieces:      `power_law_fit`, `group_relative`, `compute_budgets`, `lower_envelope`,
-             `isoflop_minima`, `kaplan_joint_loss`, `approach3_log_predict`,
+             `smooth_curves`, `isoflop_minima`, `kaplan_joint_loss`, `approach3_log_predict`,
              `approach3_objective`, `approach3_value_and_grad`, `approach3_params`,
              `approach3_predict`, `approach3_compute_optimal`, `chinchilla_grid`, and the
              optimizer `batched_lbfgs` -> `BatchedMinimum`.
@@ -65,18 +86,31 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _frozen_labels(a: Any) -> np.ndarray:
+    a = np.array(a)
+    a.setflags(write=False)
+    return a
+
+
 @dataclass(frozen=True)
 class Runs:
-    """One row per (run, checkpoint): model size N, tokens D, loss L, compute C (all > 0)."""
+    """One row per (run, checkpoint): model size N, tokens D, loss L, compute C (all > 0), and
+    optionally `run`, a label per row naming the training run it comes from (rows of one run
+    are points of one loss curve; approach 1 smooths each curve and its bootstrap resamples
+    whole runs). `run` is None when unknown: every row is then treated as its own run."""
 
     N: np.ndarray
     D: np.ndarray
     L: np.ndarray
     C: np.ndarray
+    run: np.ndarray | None = None
 
     @classmethod
-    def from_arrays(cls, N: Any, D: Any, L: Any, C: Any | None = None) -> Runs:
-        """Validate and freeze; C defaults to 6ND (Kaplan et al. 2020, sec. 2.1)."""
+    def from_arrays(
+        cls, N: Any, D: Any, L: Any, C: Any | None = None, run: Any | None = None
+    ) -> Runs:
+        """Validate and freeze; C defaults to 6ND (Kaplan et al. 2020, sec. 2.1). `run` may hold
+        any hashable labels (strings, integers)."""
         cols = {"N": N, "D": D, "loss": L}
         if C is not None:
             cols["C"] = C
@@ -91,11 +125,27 @@ class Runs:
                 raise FitError(f"column {name!r} row {i}: value {a[i]!r} must be finite and > 0")
             arrs[name] = a
         lengths = {name: a.size for name, a in arrs.items()}
+        labels = None
+        if run is not None:
+            labels = np.asarray(run)
+            if labels.ndim != 1:
+                raise FitError(f"column 'run' must be one-dimensional, got shape {labels.shape}")
+            lengths["run"] = labels.size
+            try:
+                np.unique(labels)
+            except TypeError:
+                raise FitError("run labels must be all strings or all numbers") from None
         if len(set(lengths.values())) != 1:
             raise FitError(f"columns have different lengths: {lengths}")
         n, d = arrs["N"], arrs["D"]
         c = arrs["C"] if "C" in arrs else 6.0 * n * d
-        return cls(_frozen(n), _frozen(d), _frozen(arrs["loss"]), _frozen(c))
+        return cls(
+            _frozen(n),
+            _frozen(d),
+            _frozen(arrs["loss"]),
+            _frozen(c),
+            None if labels is None else _frozen_labels(labels),
+        )
 
     def __len__(self) -> int:
         return int(self.N.size)
@@ -103,14 +153,33 @@ class Runs:
     def take(self, idx: Any) -> Runs:
         idx = np.asarray(idx)
         return Runs(
-            _frozen(self.N[idx]), _frozen(self.D[idx]), _frozen(self.L[idx]), _frozen(self.C[idx])
+            _frozen(self.N[idx]),
+            _frozen(self.D[idx]),
+            _frozen(self.L[idx]),
+            _frozen(self.C[idx]),
+            None if self.run is None else _frozen_labels(self.run[idx]),
         )
+
+    def with_loss(self, L: Any) -> Runs:
+        """The same rows with losses replaced (smoothed, or perturbed by a bootstrap)."""
+        return dataclasses.replace(self, L=_frozen(L))
+
+    def run_ids(self) -> np.ndarray:
+        """Integer run index per row (0..n_runs-1, in order of first label); each row its own
+        run when there are no labels."""
+        if self.run is None:
+            return np.arange(len(self))
+        _, first, inv = np.unique(self.run, return_index=True, return_inverse=True)
+        # np.unique sorts labels; renumber by first appearance so ids follow the input's order.
+        rank = np.empty(first.size, dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+        return rank[inv.ravel()]
 
 
 def _as_runs(runs: Runs | Mapping[str, Any]) -> Runs:
     if isinstance(runs, Runs):
         return runs
-    return Runs.from_arrays(runs["N"], runs["D"], runs["L"], runs.get("C"))
+    return Runs.from_arrays(runs["N"], runs["D"], runs["L"], runs.get("C"), runs.get("run"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -740,33 +809,162 @@ def _fit_kaplan_joint(r: Runs, separate: tuple[float, float, float, float]):
 
 ALLOCATION_FORMULA = "N_opt = k_N C^a; D_opt = k_D C^b"
 
+# Half-width, in natural log of D, of the running-line smoother applied to each loss curve:
+# neighbours within about +-20% of a point's tokens. Logged training losses are single-batch
+# values with percent-level noise, and the envelope keeps the lowest row per bin, so unsmoothed
+# it selects the luckiest batches (on synthetic Chinchilla curves, 150 points per run with 1%
+# noise, the error in a was 0.037 rms unsmoothed and 0.009 smoothed; at 2% noise 0.059 and
+# 0.029). A straight line in (log D, log L) has no boundary bias at a curve's ends, where a
+# running mean would bend towards the earlier, higher losses, and little curvature bias: for
+# L = E' + B/D^beta the second derivative of log L in log D is at most beta^2/4 < 0.03, a
+# bias below 2e-4 in log L at this width. A learning-rate schedule's final decay bends the
+# curve more, which argues against a wider window. Curves logged sparser than the width are
+# left as they are.
+SMOOTH_WIDTH = 0.2
+
+
+def smooth_curves(runs: Runs | Mapping[str, Any], width: float = SMOOTH_WIDTH) -> np.ndarray:
+    """Each run's loss curve smoothed: for every row, a least-squares line of log L against
+    log D over the same run's rows with |log D - log D_row| <= width, read at the row's own D.
+
+    A box-kernel local-linear smoother (a "running line"): with prefix sums the window sums for
+    all rows cost O(n log n), so the bootstrap can afford it. Rows without run labels, or with
+    width <= 0, are returned unchanged (a lone row has no curve to smooth along).
+    """
+    r = _as_runs(runs)
+    if r.run is None or width <= 0 or len(r) == 0:
+        return np.array(r.L)
+    ids = r.run_ids()
+    z, y = np.log(r.D), np.log(r.L)
+    order = np.lexsort((z, ids))
+    ids_s, z_s, y_s = ids[order], z[order], y[order]
+    # Centre each run's log D so the prefix sums of z^2 do not swamp a window's spread.
+    means = np.bincount(ids_s, z_s) / np.bincount(ids_s)
+    zc = z_s - means[ids_s]
+    # One sorted key for all runs: run k's points sit at k * span + (centred log D), and span
+    # exceeds the spread of centred log D plus twice the width, so no window reaches into
+    # another run.
+    span = float(np.ptp(zc)) + 2.0 * width + 1.0
+    key = ids_s * span + zc
+    lo = np.searchsorted(key, key - width, side="left")
+    hi = np.searchsorted(key, key + width, side="right")
+
+    def window_sum(v):
+        c = np.concatenate([[0.0], np.cumsum(v)])
+        return c[hi] - c[lo]
+
+    s0 = (hi - lo).astype(np.float64)
+    s1, s2 = window_sum(zc), window_sum(zc * zc)
+    t0, t1 = window_sum(y_s), window_sum(zc * y_s)
+    zbar, ybar = s1 / s0, t0 / s0
+    var = s2 - s1 * zbar
+    cov = t1 - s1 * ybar
+    # A window of one distinct D has no slope: its rows are averaged.
+    flat = var <= 1e-12 * s0
+    slope = np.where(flat, 0.0, cov / np.where(flat, 1.0, var))
+    out = np.empty_like(y)
+    out[order] = np.exp(ybar + slope * (zc - zbar))
+    return out
+
+
+def _run_table(r: Runs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(run id per row, final D per run, N at that final row per run)."""
+    ids = r.run_ids()
+    order = np.lexsort((r.D, ids))
+    last = np.ones(order.size, dtype=bool)
+    last[:-1] = ids[order[1:]] != ids[order[:-1]]
+    fin = order[last]  # one row per run, in run-id order
+    return ids, r.D[fin], r.N[fin]
+
+
+def _approach1_identifiable(r: Runs, size_tol: float) -> None:
+    """Refuse designs whose envelope cannot move a: every run ending at the same D makes D_opt
+    constant (b = 0, a = 1 under 6ND), and every run at the same D/N makes N_opt ~ C^(1/2)."""
+    _, D_fin, N_fin = _run_table(r)
+    what = f"all {D_fin.size} runs" if D_fin.size > 1 else "the only run"
+    if D_fin.size == 1 or np.unique(group_relative(D_fin, size_tol)).size == 1:
+        D = float(np.exp(np.mean(np.log(D_fin))))
+        raise FitError(
+            f"approach 1 cannot identify a: {what} end at the same D = {D:.4g} tokens; "
+            f"train sizes to different token counts"
+        )
+    ratio = D_fin / N_fin
+    if np.unique(group_relative(ratio, size_tol)).size == 1:
+        raise FitError(
+            f"approach 1 cannot identify a: every run has the same tokens per parameter "
+            f"D/N = {float(np.exp(np.mean(np.log(ratio)))):.4g}; vary D/N across runs"
+        )
+
 
 def fit_approach1(
-    runs: Runs | Mapping[str, Any], *, n_bins: int = ENVELOPE_BINS, size_tol: float = SIZE_TOL
+    runs: Runs | Mapping[str, Any],
+    *,
+    n_bins: int = ENVELOPE_BINS,
+    size_tol: float = SIZE_TOL,
+    smooth_width: float = SMOOTH_WIDTH,
+    drop_edge_sizes: bool = True,
 ) -> FitResult:
-    """Hoffmann et al. 2022 (arXiv:2203.15556) approach 1: the lower envelope of loss over all
-    rows (training-curve checkpoints of every model) against compute, binned log-uniformly with
-    the lowest-loss row per bin (`lower_envelope`); the envelope rows' N and D are the
-    compute-optimal allocations, and N_opt = k_N C^a, D_opt = k_D C^b are fitted by least
-    squares in log space. Keys a, b, k_N, k_D; `envelope` lists the rows used."""
+    """Hoffmann et al. 2022 (arXiv:2203.15556, sec. 3.1) approach 1: the lower envelope of loss
+    over all rows (training-curve checkpoints of every model) against compute, binned
+    log-uniformly with the lowest-loss row per bin (`lower_envelope`); the envelope rows' N and
+    D are the compute-optimal allocations, and N_opt = k_N C^a, D_opt = k_D C^b are fitted by
+    least squares in log space. Keys a, b, k_N, k_D; `envelope` lists the rows used.
+
+    With run labels (`Runs.run`) each run's curve is first smoothed (`smooth_curves`, half-width
+    `smooth_width` in log D; 0 turns it off), so the envelope compares curves, not the luck of
+    single batches. Envelope rows of the smallest and largest model size are left out of the
+    power laws (`drop_edge_sizes`; stats envelope_points_at_edge_sizes counts them). Designs
+    that cannot identify a are refused with a one-line FitError: every run ending at the same
+    D, every run at the same tokens per parameter D/N (final rows; without labels every row is
+    a run), or an envelope spanning < 2 model sizes.
+    """
     r = _as_runs(runs)
-    env = lower_envelope(r.C, r.L, n_bins)
-    sizes = np.unique(group_relative(r.N[env], size_tol)).size
+    if len(r) == 0:
+        raise FitError("approach 1 needs rows, got none")
+    _approach1_identifiable(r, size_tol)
+    Ls = smooth_curves(r, smooth_width)
+    env = lower_envelope(r.C, Ls, n_bins)
+    n_env = env.size
+    if drop_edge_sizes:
+        # Where the smallest or largest model is on the envelope, the compute-optimal size may
+        # lie beyond the sampled ones and the envelope just follows that model's curve: N stays
+        # flat while C grows, dragging a down (by 0.08 on noise-free Chinchilla-like curves
+        # over 2 decades of N). Approach 2 drops budgets whose minimum is at an edge likewise.
+        size = group_relative(r.N, size_tol)
+        env = env[(size[env] != 0) & (size[env] != size.max())]
+    sizes = np.unique(group_relative(r.N[env], size_tol)).size if env.size else 0
     if sizes < 2:
+        edge = " after dropping the smallest and largest sizes" if drop_edge_sizes else ""
         raise FitError(
-            f"approach 1 needs the loss envelope to span >= 2 model sizes, got {sizes} "
+            f"approach 1 needs the loss envelope to span >= 2 model sizes{edge}, got {sizes} "
             f"({env.size} envelope rows from {len(r)})"
         )
     logkN, a, rmse_N = power_law_fit(r.C[env], r.N[env])
     logkD, b, rmse_D = power_law_fit(r.C[env], r.D[env])
     params = {"a": a, "b": b, "k_N": _safe_exp(logkN), "k_D": _safe_exp(logkD)}
+    smoothed = r.run is not None and smooth_width > 0
     stats = {
         "rms_log_residual": {"N_opt": rmse_N, "D_opt": rmse_D},
         "envelope_points": int(env.size),
         "envelope_sizes": int(sizes),
+        "envelope_points_at_edge_sizes": int(n_env - env.size),
+        "n_runs": int(r.run_ids().max()) + 1,
+        "smoothing": (
+            f"running line in (log D, log L) per run, half-width {smooth_width:g} in log D"
+            if smoothed
+            else "none (no run labels)"
+            if r.run is None
+            else "none (smooth_width 0)"
+        ),
     }
     envelope = [
-        {"C": float(r.C[i]), "N": float(r.N[i]), "D": float(r.D[i]), "loss": float(r.L[i])}
+        {
+            "C": float(r.C[i]),
+            "N": float(r.N[i]),
+            "D": float(r.D[i]),
+            "loss": float(r.L[i]),
+            "loss_smoothed": float(Ls[i]),
+        }
         for i in env
     ]
     return FitResult("1", ALLOCATION_FORMULA, len(r), params, stats, {"envelope": envelope})
@@ -776,102 +974,228 @@ def fit_approach1(
 # Chinchilla approach 2: IsoFLOP profiles
 # --------------------------------------------------------------------------------------------
 
+# The window a budget's parabola is fitted over: at least ISOFLOP_WINDOW model sizes each side
+# of the centre, widened to every size within ISOFLOP_WINDOW_DECADES of it. The parabola is
+# the second-order Taylor expansion of the IsoFLOP curve in log N at its optimum; over a wide
+# or lopsided range the third-order term pulls the vertex towards the side with more (or
+# further) points, and warmup-phase points (tiny D, loss near its initial value) make a global
+# fit meaningless. A narrower window has less of that bias but more noise. On synthetic
+# profiles with 0.3% loss noise and ladders spaced 1.26x to 2x, +-0.6 to +-0.9 decades gave the
+# lowest error in a (rms 0.003-0.01); 0.75 sits between them, small enough that on a strongly
+# asymmetric surface (alpha = 0.5, beta = 0.22) the noise-free bias stays < 0.01. The size
+# floor keeps coarse ladders (2x) from three-point windows, which interpolate the noise with
+# no residual left to judge the fit by. Czech et al. 2026 (arXiv:2603.22339) analyse these
+# biases of wide and uncentred IsoFLOP grids.
+ISOFLOP_WINDOW = 2
+ISOFLOP_WINDOW_DECADES = 0.75
+_LN10 = math.log(10.0)
 
-def isoflop_minima(
-    runs: Runs | Mapping[str, Any], *, budget_tol: float = DEFAULT_BUDGET_TOL, min_sizes: int = 3
-) -> tuple[list[dict], list[dict]]:
-    """Per compute budget (`compute_budgets`), fit loss = c2 x^2 + c1 x + c0 with x = log N
-    (Hoffmann et al. 2022, sec. 3.2) and take its vertex: N_opt = exp(-c1 / 2c2), the loss
-    there L_opt, D_opt = C / (6 N_opt) with C the budget's geometric-mean compute.
 
-    Returns (minima, dropped). A budget is dropped with a reason when it has fewer than
-    `min_sizes` distinct model sizes or its parabola opens downward (no minimum). `interior`
-    says whether the vertex lies inside the sampled sizes; outside, it is an extrapolation.
-    """
-    r = _as_runs(runs)
+def _dropped(C: float, rows: np.ndarray, n_sizes: int, reason: str, **extra: Any) -> dict:
+    return {"C": C, "n_points": int(rows.size), "n_sizes": int(n_sizes), "reason": reason, **extra}
+
+
+def _isoflop_budgets(
+    r: Runs,
+    *,
+    budget_tol: float = DEFAULT_BUDGET_TOL,
+    min_sizes: int = 3,
+    window: int = ISOFLOP_WINDOW,
+    window_decades: float = ISOFLOP_WINDOW_DECADES,
+) -> tuple[list[dict], list[dict], list[np.ndarray]]:
+    """`isoflop_minima` plus each kept budget's window log residuals (for the bootstrap)."""
+    if window < 1:
+        raise FitError(f"approach 2 window must be >= 1 size each side, got {window}")
+    if not window_decades >= 0:
+        raise FitError(f"approach 2 window_decades must be >= 0, got {window_decades}")
     labels = compute_budgets(r.C, budget_tol)
-    minima, dropped = [], []
+    minima, dropped, resid_all = [], [], []
     for g in range(int(labels.max()) + 1 if len(r) else 0):
-        rows = labels == g
+        rows = np.flatnonzero(labels == g)
         C = float(np.exp(np.mean(np.log(r.C[rows]))))
-        x, y = np.log(r.N[rows]), r.L[rows]
-        sizes = np.unique(group_relative(r.N[rows], SIZE_TOL)).size
-        if sizes < min_sizes:
+        logN, L = np.log(r.N[rows]), r.L[rows]
+        # D at exactly the budget's C: within a budget C_i = fpt(N_i) D_i under whatever
+        # convention counted C, so D_i C / C_i is the tokens size N_i gets at compute C.
+        logD = np.log(r.D[rows] * C / r.C[rows])
+        size = group_relative(r.N[rows], SIZE_TOL)
+        n_sizes = int(size.max()) + 1
+        if n_sizes < min_sizes:
+            dropped.append(_dropped(C, rows, n_sizes, f"fewer than {min_sizes} model sizes"))
+            continue
+        count = np.bincount(size)
+        xs = np.bincount(size, logN) / count
+        ys = np.bincount(size, L) / count
+        N_range = [float(np.exp(xs[0])), float(np.exp(xs[-1]))]
+        j = int(np.argmin(ys))
+        if j in (0, n_sizes - 1):
+            edge = "smallest" if j == 0 else "largest"
             dropped.append(
-                {
-                    "C": C,
-                    "n_points": int(rows.sum()),
-                    "n_sizes": int(sizes),
-                    "reason": f"fewer than {min_sizes} model sizes",
-                }
+                _dropped(
+                    C,
+                    rows,
+                    n_sizes,
+                    f"empirical minimum at the {edge} sampled size",
+                    N_empirical=float(np.exp(xs[j])),
+                    N_range=N_range,
+                )
             )
             continue
-        x0 = float(np.mean(x))
-        c2, c1, c0 = np.polyfit(x - x0, y, 2)
+        # Fit over the window around the empirical minimum; if the vertex's nearest size is
+        # another one (noise put the lowest loss off the optimum), move the window there and
+        # refit, so the window ends up centred on the optimum it estimates.
+        xr = xs - xs[j]
+        x_all = logN - xs[j]
+        reach = window_decades * _LN10 + math.log1p(SIZE_TOL)
+        center, visited, xv = j, [], math.nan
+        while True:
+            visited.append(center)
+            near = np.flatnonzero(np.abs(xr - xr[center]) <= reach)
+            lo = max(0, min(center - window, int(near[0])))
+            hi = min(n_sizes - 1, max(center + window, int(near[-1])))
+            inwin = (size >= lo) & (size <= hi)
+            coef = np.polyfit(x_all[inwin], L[inwin], 2)
+            c2, c1 = coef[0], coef[1]
+            if not c2 > 0:
+                break
+            xv = -c1 / (2.0 * c2)
+            nearest = int(np.clip(np.argmin(np.abs(xr - xv)), 1, n_sizes - 2))
+            if nearest == center or nearest in visited:
+                break
+            center = nearest
+        # No minimum the window can vouch for: drop rather than clip, since a clipped vertex
+        # is a guess at the window's edge that would bias the power law.
+        why = None
         if not c2 > 0:
+            why = "no minimum near the empirical one: the window's parabola opens downward"
+        elif not xr[lo] <= xv <= xr[hi]:
+            why = "no minimum near the empirical one: the window's parabola has its vertex "
+            why += "outside the window"
+        else:
+            k = int(np.argmin(np.abs(xr - xv)))
+            if k in (0, n_sizes - 1):
+                why = f"fitted minimum at the {'smallest' if k == 0 else 'largest'} sampled size"
+        if why is not None:
             dropped.append(
-                {
-                    "C": C,
-                    "n_points": int(rows.sum()),
-                    "n_sizes": int(sizes),
-                    "reason": "parabola opens downward: no minimum",
-                }
+                _dropped(C, rows, n_sizes, why, N_empirical=float(np.exp(xs[j])), N_range=N_range)
             )
             continue
-        xv = -c1 / (2 * c2)
-        N_opt = _safe_exp(x0 + xv)
-        if not (np.isfinite(N_opt) and 0 < N_opt < np.inf):
-            dropped.append(
-                {
-                    "C": C,
-                    "n_points": int(rows.sum()),
-                    "n_sizes": int(sizes),
-                    "reason": "parabola nearly flat: its minimum is out of floating-point range",
-                }
-            )
-            continue
-        resid = y - np.polyval((c2, c1, c0), x - x0)
+        x, y = x_all[inwin], L[inwin]
+        fitted = np.polyval(coef, x)
+        resid_all.append(np.log(y / fitted) if np.all(fitted > 0) else y / fitted - 1.0)
+        # log D against log N over the window's sizes, read at the vertex: exact for 6ND (a
+        # line), and for any other FLOPs-per-token convention as smooth as its fpt(N).
+        ds = np.bincount(size, logD) / count
+        d_coef = np.polyfit(xr[lo : hi + 1], ds[lo : hi + 1], min(2, hi - lo))
         minima.append(
             {
                 "C": C,
-                "N_opt": N_opt,
-                "D_opt": C / (6.0 * N_opt),
-                "L_opt": float(c0 - c1 * c1 / (4 * c2)),
-                "n_points": int(rows.sum()),
-                "n_sizes": int(sizes),
-                "interior": bool(x.min() <= x0 + xv <= x.max()),
+                "N_opt": float(np.exp(xs[j] + xv)),
+                "D_opt": float(np.exp(np.polyval(d_coef, xv))),
+                "L_opt": float(np.polyval(coef, xv)),
+                "n_points": int(rows.size),
+                "n_sizes": n_sizes,
+                "n_used": int(inwin.sum()),
+                "n_sizes_used": int(hi - lo + 1),
+                "window_N": [float(np.exp(xs[lo])), float(np.exp(xs[hi]))],
+                "N_empirical": float(np.exp(xs[j])),
+                "L_empirical": float(ys[j]),
+                "n_recentred": len(visited) - 1,
+                "interior": bool(xs[0] <= xs[j] + xv <= xs[-1]),
                 "curvature": float(c2),
-                "rms_residual": float(np.sqrt(np.mean(resid**2))),
+                "rms_residual": float(np.sqrt(np.mean((y - fitted) ** 2))),
             }
         )
+    return minima, dropped, resid_all
+
+
+def isoflop_minima(
+    runs: Runs | Mapping[str, Any],
+    *,
+    budget_tol: float = DEFAULT_BUDGET_TOL,
+    min_sizes: int = 3,
+    window: int = ISOFLOP_WINDOW,
+    window_decades: float = ISOFLOP_WINDOW_DECADES,
+) -> tuple[list[dict], list[dict]]:
+    """The compute-optimal point of each IsoFLOP budget (Hoffmann et al. 2022, sec. 3.2), found
+    locally around the empirical minimum (as Porian et al. 2024, arXiv:2406.19146, do with
+    interpolation) rather than by one parabola through every size of the budget.
+
+    Per compute budget (`compute_budgets`; C is the group's geometric mean):
+    1. The empirical minimum: the model size (rows within 1% of N) with the lowest mean loss.
+       If it is the smallest or largest sampled size, the optimum lies outside the data and
+       the budget is dropped ("empirical minimum at the smallest/largest sampled size").
+    2. loss = c2 x^2 + c1 x + c0, x = log N, by least squares over a window around it: at
+       least `window` sizes each side, widened to all sizes within `window_decades` (fewer at
+       an edge of the budget; never fewer than three sizes). N_opt is the vertex, L_opt the
+       loss there. If the vertex is nearest another size, the window is re-centred there and
+       refitted (`n_recentred` counts the moves), so it ends up centred on its own estimate.
+    3. The budget is dropped instead if that parabola opens downward or its vertex leaves the
+       window (noise on a flat profile: no minimum the window can vouch for), or if the vertex
+       is nearest the smallest or largest sampled size ("fitted minimum at the ... size").
+       Clipping the vertex to the window would bias the power law towards the window's edge.
+    4. D_opt: log D against log N over the window's sizes (a quadratic; each row's D scaled to
+       the budget's exact C), read at log N_opt. C is never assumed to be 6ND, so D_opt follows
+       whatever FLOPs per token counted C.
+
+    Returns (minima, dropped): minima in increasing C, each with C, N_opt, D_opt, L_opt,
+    n_points, n_sizes, n_used (rows in the window), n_sizes_used, window_N ([smallest,
+    largest] N of the window), N_empirical, L_empirical, n_recentred, interior (always true
+    for a kept budget), curvature (c2, loss per (ln N)^2) and rms_residual; dropped budgets
+    with C, n_points, n_sizes and reason (plus N_empirical and N_range where relevant).
+    """
+    minima, dropped, _ = _isoflop_budgets(
+        _as_runs(runs),
+        budget_tol=budget_tol,
+        min_sizes=min_sizes,
+        window=window,
+        window_decades=window_decades,
+    )
     return minima, dropped
 
 
 def fit_approach2(
-    runs: Runs | Mapping[str, Any], *, budget_tol: float = DEFAULT_BUDGET_TOL, min_sizes: int = 3
+    runs: Runs | Mapping[str, Any],
+    *,
+    budget_tol: float = DEFAULT_BUDGET_TOL,
+    min_sizes: int = 3,
+    window: int = ISOFLOP_WINDOW,
+    window_decades: float = ISOFLOP_WINDOW_DECADES,
 ) -> FitResult:
-    """Hoffmann et al. 2022 approach 2: IsoFLOP parabola minima (`isoflop_minima`), then
-    N_opt = k_N C^a and D_opt = k_D C^b by least squares in log space. Keys a, b, k_N, k_D;
-    `budgets` holds the per-budget minima, `dropped_budgets` the budgets left out and why."""
+    """Hoffmann et al. 2022 approach 2: the IsoFLOP minima (`isoflop_minima`), then
+    N_opt = k_N C^a and D_opt = k_D C^b, each fitted on its own by least squares in log space
+    (so b = 1 - a only when the data say so, as under C = 6ND). Keys a, b, k_N, k_D; details
+    `budgets` (the minima used) and `dropped_budgets` (each with C and reason); stats
+    n_budgets (budgets used), n_budgets_dropped, noise_rel (pooled rms of the windows' log
+    residuals, an estimate of the relative loss noise), rms_log_residual of both power laws."""
     r = _as_runs(runs)
-    minima, dropped = isoflop_minima(r, budget_tol=budget_tol, min_sizes=min_sizes)
+    minima, dropped, resid = _isoflop_budgets(
+        r, budget_tol=budget_tol, min_sizes=min_sizes, window=window, window_decades=window_decades
+    )
     if len(minima) < 2:
-        n_groups = len(minima) + len(dropped)
+        reasons: dict[str, int] = {}
+        for d in dropped:
+            reasons[d["reason"]] = reasons.get(d["reason"], 0) + 1
+        why = "; ".join(f"{n} x {k}" for k, n in reasons.items())
         raise FitError(
-            f"approach 2 needs >= 2 IsoFLOP budgets with >= {min_sizes} model sizes and a "
-            f"minimum, got {len(minima)} (of {n_groups} compute groups at {budget_tol:.0%} "
-            f"tolerance)"
+            f"approach 2 needs >= 2 IsoFLOP budgets with >= {min_sizes} model sizes and an "
+            f"interior minimum, got {len(minima)} (of {len(minima) + len(dropped)} compute "
+            f"groups at {budget_tol:.0%} tolerance" + (f"; dropped: {why})" if why else ")")
         )
     C = np.array([m["C"] for m in minima])
     logkN, a, rmse_N = power_law_fit(C, [m["N_opt"] for m in minima])
     logkD, b, rmse_D = power_law_fit(C, [m["D_opt"] for m in minima])
     params = {"a": a, "b": b, "k_N": _safe_exp(logkN), "k_D": _safe_exp(logkD)}
+    pool = np.concatenate(resid)
+    dof = pool.size - 3 * len(resid)
     stats = {
         "rms_log_residual": {"N_opt": rmse_N, "D_opt": rmse_D},
         "n_budgets": len(minima),
         "n_budgets_dropped": len(dropped),
         "n_exterior_minima": sum(not m["interior"] for m in minima),
+        "noise_rel": float(np.sqrt(np.sum(pool**2) / dof)) if dof > 0 else math.nan,
         "budget_tol": budget_tol,
+        "window": window,
+        "window_decades": window_decades,
     }
     return FitResult(
         "2",
@@ -881,6 +1205,65 @@ def fit_approach2(
         stats,
         {"budgets": minima, "dropped_budgets": dropped},
     )
+
+
+def _bootstrap_approach2(
+    r: Runs, n_boot: int, rng: np.random.Generator, **fit_kwargs: Any
+) -> tuple[list[dict[str, float]], str]:
+    """Residual bootstrap that keeps every budget's design (each resample has the same N, D,
+    C rows): every row's loss is multiplied by exp(e), e drawn with replacement from the pooled
+    log residuals of the budgets' window parabolas (centred, and scaled by sqrt(n / (n - 3k))
+    for the 3 coefficients each of k windows estimate). Resampling rows instead would delete
+    and duplicate sizes of a profile and move its minimum for no physical reason.
+
+    The residuals are added to the observed losses (rows outside the windows have no fitted
+    value); the minima are locally linear in the losses, so the spread of the refits around the
+    fit is the sampling spread (tests/test_fit_isoflop.py checks it against fits to fresh
+    noise). Pooling assumes the same relative noise in every budget: a window's own few
+    residual degrees of freedom are too few to estimate it alone. Model error (the parabola's
+    bias over the window) is not in these intervals.
+    """
+    kw = {
+        k: v
+        for k, v in fit_kwargs.items()
+        if k in ("budget_tol", "min_sizes", "window", "window_decades")
+    }
+    _, _, resid = _isoflop_budgets(r, **kw)
+    pool = np.concatenate(resid) if resid else np.zeros(0)
+    dof = pool.size - 3 * len(resid)
+    rows: list[dict[str, float]] = []
+    if dof >= 1:
+        pool = (pool - pool.mean()) * math.sqrt(pool.size / dof)
+        method = (
+            f"residual bootstrap: every row's loss x exp(e), e drawn from the {pool.size} "
+            f"pooled log residuals of {len(resid)} budgets' window parabolas; every resample "
+            f"keeps every budget's sizes"
+        )
+        for _ in range(n_boot):
+            Lb = r.L * np.exp(rng.choice(pool, size=len(r)))
+            rows.append(_try_params(r.with_loss(Lb), "2", fit_kwargs))
+        return rows, method
+    # No residual degrees of freedom (every window exactly three points): resample rows
+    # within each budget, so every budget stays present.
+    labels = compute_budgets(r.C, kw.get("budget_tol", DEFAULT_BUDGET_TOL))
+    groups = [np.flatnonzero(labels == g) for g in range(int(labels.max()) + 1)] if len(r) else []
+    method = (
+        "rows resampled within each budget (the window parabolas left no residuals to "
+        "estimate the noise from)"
+    )
+    for _ in range(n_boot):
+        idx = [rng.choice(g, size=g.size) for g in groups]
+        rows.append(_try_params(r.take(np.concatenate(idx)), "2", fit_kwargs) if idx else {})
+    return rows, method
+
+
+def _try_params(r: Runs, approach: str, fit_kwargs: Mapping[str, Any]) -> dict[str, float]:
+    # A resample where the fit is impossible counts as failed ({}), not as an error.
+    try:
+        with np.errstate(all="ignore"):
+            return fit_one(r, approach, **fit_kwargs).params
+    except FitError:
+        return {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1004,24 +1387,38 @@ def bootstrap(
     seed: int = 0,
     base: FitResult | None = None,
     lanes_per_call: int = 1 << 16,
+    resample: str | None = None,
     **fit_kwargs: Any,
 ) -> Bootstrap:
-    """Resample rows with replacement n_boot times (numpy default_rng(seed)), refit each, and
-    report [2.5%, 97.5%] percentiles of every entry of `params`.
+    """Refit n_boot resamples (numpy default_rng(seed)) and report [2.5%, 97.5%] percentiles
+    of every entry of `params`. What is resampled depends on the approach:
+
+    - kaplan, 3: rows with replacement. Approach 3 refits every resample at once as weighted
+      objectives (row counts as weights; the same sum) from `bootstrap_starts` around the full
+      fit's optimum (`base`, fitted here if not given) instead of all 4500 starts.
+    - 1: whole runs (`Runs.run` labels) with replacement, since the points of one loss curve
+      share its run's luck and are not independent; each curve is smoothed once up front (the
+      smoother works per run, so this equals smoothing every resample). Without labels rows are
+      resampled and `info["method"]` says the intervals are too narrow for curve data.
+      `resample="rows"` forces row resampling (for comparison).
+    - 2: a residual bootstrap within the IsoFLOP design (`_bootstrap_approach2`): every
+      resample keeps every budget's sizes.
 
     Resamples where the fit is impossible (e.g. approach 2 left with < 2 valid budgets) are
-    counted in info["n_failed"] and left out. Approach 3 refits every resample at once as
-    weighted objectives (row counts as weights; the same sum) from `bootstrap_starts` around
-    the full fit's optimum (`base`, fitted here if not given) instead of all 4500 starts.
+    counted in info["n_failed"] and left out.
     """
     a = _approach(approach)
     r = _as_runs(runs)
     if n_boot < 1:
         raise FitError(f"bootstrap needs >= 1 resample, got {n_boot}")
+    if resample not in (None, "runs", "rows"):
+        raise FitError(f"resample must be 'runs' or 'rows', got {resample!r}")
+    if resample is not None and a != "1":
+        raise FitError(f"resample= chooses approach 1's bootstrap unit, not approach {a}'s")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(r), size=(n_boot, len(r)))
     rows: list[dict[str, float]] = []
     if a == "3":
+        idx = rng.integers(0, len(r), size=(n_boot, len(r)))
         base = base if base is not None else fit_approach3(r, **fit_kwargs)
         theta0 = [base.details["theta"][k] for k in A3_PARAMS]
         starts = bootstrap_starts(theta0)
@@ -1031,13 +1428,14 @@ def bootstrap(
         )
         kw = {k: v for k, v in fit_kwargs.items() if k != "starts"}
         rows = _bootstrap_approach3(r, idx, starts, lanes_per_call, **kw)
+    elif a == "2":
+        rows, method = _bootstrap_approach2(r, n_boot, rng, **fit_kwargs)
+    elif a == "1":
+        rows, method = _bootstrap_approach1(r, n_boot, rng, resample, **fit_kwargs)
     else:
-        method = "refit on each resample"
-        for k in range(n_boot):
-            try:
-                rows.append(fit_one(r.take(idx[k]), a, **fit_kwargs).params)
-            except FitError:
-                rows.append({})
+        method = "rows resampled with replacement, refit on each resample"
+        idx = rng.integers(0, len(r), size=(n_boot, len(r)))
+        rows = [_try_params(r.take(idx[k]), a, fit_kwargs) for k in range(n_boot)]
     ok = [row for row in rows if row]
     names = list(ok[0]) if ok else []
     samples = {n: np.array([row[n] for row in ok], dtype=np.float64) for n in names}
@@ -1058,6 +1456,38 @@ def bootstrap(
         "interval": "percentile [2.5%, 97.5%]",
     }
     return Bootstrap(samples, ci95, info)
+
+
+def _bootstrap_approach1(
+    r: Runs, n_boot: int, rng: np.random.Generator, resample: str | None, **fit_kwargs: Any
+) -> tuple[list[dict[str, float]], str]:
+    width = fit_kwargs.get("smooth_width", SMOOTH_WIDTH)
+    smoothed = r.with_loss(smooth_curves(r, width))
+    kw = {**fit_kwargs, "smooth_width": 0.0}
+    by = resample or ("runs" if r.run is not None else "rows")
+    if by == "runs" and r.run is None:
+        raise FitError("approach 1 bootstrap by run needs run labels (Runs.run), got none")
+    if by == "rows":
+        idx = rng.integers(0, len(r), size=(n_boot, len(r)))
+        rows = [_try_params(smoothed.take(idx[k]), "1", kw) for k in range(n_boot)]
+        method = (
+            "rows resampled as if independent: no run labels, so each row is its own run "
+            "(points of one training curve are correlated; these intervals are too narrow)"
+            if r.run is None
+            else "rows resampled (resample='rows'), curves smoothed per run first"
+        )
+        return rows, method
+    ids = r.run_ids()
+    n_runs = int(ids.max()) + 1
+    order = np.argsort(ids, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(ids, minlength=n_runs))[:-1])
+    rows = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n_runs, size=n_runs)
+        idx = np.concatenate([members[k] for k in pick])
+        rows.append(_try_params(smoothed.take(idx), "1", kw))
+    method = f"whole runs resampled with replacement ({n_runs} runs), curves smoothed first"
+    return rows, method
 
 
 def _bootstrap_approach3(
@@ -1104,13 +1534,13 @@ def extrapolation_check(
     Budgets are `compute_budgets(C, budget_tol)` groups (approach 2: its valid IsoFLOP
     budgets). Kaplan predicts the held-out rows' loss with the joint L(N, D); approach 3 with
     E + A/N^alpha + B/D^beta; approach 2 predicts the held-out budget's N_opt (and D_opt) from
-    the power law; approach 1 predicts N_opt at the held-out envelope rows. Errors are
-    prediction / actual - 1.
+    the power law; approach 1 predicts N_opt at the held-out envelope rows (of the smoothed
+    curves). Errors are prediction / actual - 1.
     """
     a = _approach(approach)
     r = _as_runs(runs)
     if a == "2":
-        kw = {k: v for k, v in fit_kwargs.items() if k == "min_sizes"}
+        kw = {k: v for k, v in fit_kwargs.items() if k in ("min_sizes", "window", "window_decades")}
         minima, _ = isoflop_minima(r, budget_tol=budget_tol, **kw)
         if len(minima) < 3:
             return None
@@ -1150,7 +1580,8 @@ def extrapolation_check(
     }
     p = train.params
     if a == "1":
-        env = lower_envelope(r.C, r.L, fit_kwargs.get("n_bins", ENVELOPE_BINS))
+        Ls = smooth_curves(r, fit_kwargs.get("smooth_width", SMOOTH_WIDTH))
+        env = lower_envelope(r.C, Ls, fit_kwargs.get("n_bins", ENVELOPE_BINS))
         env = env[held[env]]
         if env.size == 0:
             return {**out, "target": "N_opt", "note": "no envelope rows in the held-out budget"}

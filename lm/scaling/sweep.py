@@ -64,18 +64,33 @@ class SweepConfig:
     min_tokens_per_param: float = 1.0
     max_tokens_per_param: float = 1000.0
     mfu_estimate: float = 0.3  # for `lm sweep plan` wall-time estimates
+    # Learning-rate tuning (empty lr_sweep_sizes: Kaplan's LR(N) x lr_scale, untuned). Each of
+    # lr_sweep_sizes is trained at every rate in lr_sweep_lrs for D = lr_sweep_tokens_per_param
+    # x N tokens; each size's optimum (a parabola in log lr around its best rate) gives the rule
+    # lr(N) = k N^p by least squares in log space, and every main member uses that rule.
+    lr_sweep_sizes: tuple[float, ...] = ()
+    lr_sweep_lrs: tuple[float, ...] = ()
+    lr_sweep_tokens_per_param: float = 100.0
+    # The design check (`lm sweep plan`, and before a sweep runs): where the optimum is expected
+    # (D/N, N counted as the convention counts it) and how many sizes each budget needs around it.
+    expected_tokens_per_param: float = 20.0
+    min_sizes_per_budget: int = 5
+    min_sizes_each_side: int = 2
 
     def __post_init__(self):
         check = lambda ok, k, v, why: ok or _bad(f"{k}={v!r}: {why}")  # noqa: E731
         check(self.kind in ("grid", "isoflop"), "kind", self.kind, "must be grid or isoflop")
         check(len(self.sizes) >= 1, "sizes", self.sizes, "needs at least one model size")
-        check(all(s > 0 for s in self.sizes), "sizes", self.sizes, "must be > 0")
+        check(all(math.isfinite(s) and s > 0 for s in self.sizes), "sizes", self.sizes,
+              "must be finite and > 0")  # fmt: skip
         if self.kind == "grid":
             check(len(self.tokens) >= 1, "tokens", self.tokens, "a grid needs token budgets")
-            check(all(t > 0 for t in self.tokens), "tokens", self.tokens, "must be > 0")
+            check(all(math.isfinite(t) and t > 0 for t in self.tokens), "tokens", self.tokens,
+                  "must be finite and > 0")  # fmt: skip
         else:
             check(len(self.budgets) >= 1, "budgets", self.budgets, "isoflop needs budgets")
-            check(all(c > 0 for c in self.budgets), "budgets", self.budgets, "must be > 0")
+            check(all(math.isfinite(c) and c > 0 for c in self.budgets), "budgets", self.budgets,
+                  "must be finite and > 0")  # fmt: skip
         check(
             self.flops_convention in flops.CONVENTIONS,
             "flops_convention",
@@ -94,6 +109,23 @@ class SweepConfig:
         check(self.seeds >= 1, "seeds", self.seeds, "must be >= 1")
         check(self.eval_tokens >= 1, "eval_tokens", self.eval_tokens, "must be >= 1")
         check(self.lr_scale > 0, "lr_scale", self.lr_scale, "must be > 0")
+        if self.lr_sweep_sizes:
+            check(len(self.lr_sweep_sizes) >= 2, "lr_sweep_sizes", self.lr_sweep_sizes,
+                  "needs >= 2 sizes to fit lr(N)")  # fmt: skip
+            check(all(math.isfinite(n) and n > 0 for n in self.lr_sweep_sizes), "lr_sweep_sizes",
+                  self.lr_sweep_sizes, "must be finite and > 0")  # fmt: skip
+            check(len(self.lr_sweep_lrs) >= 3, "lr_sweep_lrs", self.lr_sweep_lrs,
+                  "needs >= 3 rates to locate an optimum")  # fmt: skip
+            check(all(math.isfinite(x) and x > 0 for x in self.lr_sweep_lrs), "lr_sweep_lrs",
+                  self.lr_sweep_lrs, "must be finite and > 0")  # fmt: skip
+            check(self.lr_sweep_tokens_per_param > 0, "lr_sweep_tokens_per_param",
+                  self.lr_sweep_tokens_per_param, "must be > 0")  # fmt: skip
+        check(self.expected_tokens_per_param > 0, "expected_tokens_per_param",
+              self.expected_tokens_per_param, "must be > 0")  # fmt: skip
+        check(self.min_sizes_per_budget >= 3, "min_sizes_per_budget", self.min_sizes_per_budget,
+              "must be >= 3 (a parabola)")  # fmt: skip
+        check(self.min_sizes_each_side >= 1, "min_sizes_each_side", self.min_sizes_each_side,
+              "must be >= 1")  # fmt: skip
 
 
 def _bad(msg: str):
@@ -107,13 +139,15 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
         raw["base"] = config_lib.read_yaml(p if p.is_file() else Path(raw["base"]))
     raw = config_lib.apply_overrides(raw, list(overrides))
     base = raw.pop("base", {}) or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"base={base!r}: expected a run config (a mapping) or a path to one")
     names = {f.name for f in dataclasses.fields(SweepConfig)}
     for k in raw:
         if k not in names:
             raise ConfigError(f"unknown sweep key {k} (known: {', '.join(sorted(names))})")
     kw: dict[str, Any] = {}
     for k, v in raw.items():
-        if k in ("sizes", "tokens", "budgets"):
+        if k in ("sizes", "tokens", "budgets", "lr_sweep_sizes", "lr_sweep_lrs"):
             try:
                 kw[k] = tuple(float(x) for x in (v if isinstance(v, list) else [v]))
             except (TypeError, ValueError):
@@ -144,6 +178,29 @@ def kaplan_lr(n: float) -> float:
     return 0.003239 - 0.0001395 * math.log(n)
 
 
+def params_for(model: config_lib.ModelConfig, convention: str) -> int:
+    """The parameter count N that goes with a FLOP convention: non-embedding for 6N and 6N_attn
+    (Kaplan), non-embedding + output layer for 6N_out, 6N_out_attn and hardware (Porian et al.
+    2024's effective N), every parameter for chinchilla (Hoffmann et al. 2022)."""
+    c = flops.count_params(model)
+    if convention in ("6N", "6N_attn"):
+        return c["non_embedding"]
+    if convention == "chinchilla":
+        return c["total"]
+    return c["non_embedding_out"]
+
+
+@dataclass(frozen=True)
+class LRRule:
+    """lr(N) = k N^p, N counted as the sweep's convention counts it (`params_for`)."""
+
+    k: float
+    p: float
+
+    def __call__(self, n: float) -> float:
+        return self.k * n**self.p
+
+
 @dataclass(frozen=True)
 class Member:
     name: str
@@ -155,11 +212,11 @@ class Member:
     budget: float | None  # the isoflop budget it belongs to
     trunk: str | None  # the member it branches off (wsd), or None
     branch_step: int | None
-    group: str  # "main", "seed", or "cosine"
+    group: str  # "main", "seed", "cosine" or "lr"
 
 
 def _member_cfg(sweep: SweepConfig, n_target: float, steps: int, warmup: int, seed: int,
-                schedule: str) -> Config:  # fmt: skip
+                schedule: str, lr: float) -> Config:  # fmt: skip
     raw = json.loads(json.dumps(sweep.base))
     shape = shape_for(n_target, sweep.aspect, sweep.head_dim, sweep.min_layers)
     raw.setdefault("model", {}).update(shape)
@@ -167,7 +224,7 @@ def _member_cfg(sweep: SweepConfig, n_target: float, steps: int, warmup: int, se
     seq_len = int(t.get("seq_len", config_lib.TrainConfig.seq_len))
     t.update(
         steps=steps,
-        lr=kaplan_lr(n_target) * sweep.lr_scale,
+        lr=lr,
         warmup_steps=warmup,
         schedule=schedule,
         decay_fraction=sweep.cooldown_fraction,
@@ -180,39 +237,82 @@ def _member_cfg(sweep: SweepConfig, n_target: float, steps: int, warmup: int, se
     return config_lib.from_dict(raw)
 
 
-def plan(sweep: SweepConfig) -> list[Member]:
-    """Every member of the sweep, trunks before their branches."""
+def _shape_model(sweep: SweepConfig, base: Config, n: float) -> config_lib.ModelConfig:
+    return dataclasses.replace(
+        base.model, **shape_for(n, sweep.aspect, sweep.head_dim, sweep.min_layers)
+    )
+
+
+def _warmup(n_conv: int, tpb: int, shortest_steps: int, cooldown_fraction: float) -> int:
+    # Porian et al. 2024: warm up for ~N tokens, here at least 100 steps (the tuned rates are
+    # high), but never past half of the size's shortest run, so that every cooldown (the last
+    # cooldown_fraction < 1/2 of a run) starts after warmup. A quarter was too short: a trunk
+    # whose shortest branch had 150 steps warmed up for 37 and trained measurably worse at
+    # every length than its neighbours (measured on the main job).
+    cap = min(shortest_steps // 2, shortest_steps - int(shortest_steps * cooldown_fraction))
+    return min(max(100, round(n_conv / tpb)), max(1, cap))
+
+
+def plan_lr(sweep: SweepConfig) -> list[Member]:
+    """The learning-rate sweep: every lr_sweep_sizes x lr_sweep_lrs, each a whole run of
+    D = lr_sweep_tokens_per_param x N tokens (no branches, so each rate has its own schedule)."""
+    if not sweep.lr_sweep_sizes:
+        return []
+    base = config_lib.from_dict(sweep.base)
+    tpb = base.train.batch_size * base.train.seq_len
+    members = []
+    for n in sweep.lr_sweep_sizes:
+        n_conv = params_for(_shape_model(sweep, base, n), sweep.flops_convention)
+        steps = max(1, round(sweep.lr_sweep_tokens_per_param * n_conv / tpb))
+        warmup = _warmup(n_conv, tpb, steps, sweep.cooldown_fraction)
+        for lr in sweep.lr_sweep_lrs:
+            cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, sweep.schedule, lr)
+            members.append(_member(f"lr-N{n:.3g}-lr{lr:.3g}", cfg, n, None, None, None, "lr"))
+    return members
+
+
+def plan(sweep: SweepConfig, lr_rule: LRRule | None = None) -> list[Member]:
+    """Every main, seed and cosine member of the sweep, trunks before their branches.
+
+    Learning rates: `lr_rule` (fitted by the LR sweep) when given, else Kaplan's LR(N); both times
+    lr_scale. A sweep with an LR sweep is planned with Kaplan's rate until its rule is known
+    (`lm sweep plan`); names, shapes, token counts and FLOPs do not depend on the rate."""
     base = config_lib.from_dict(sweep.base)
     tpb = base.train.batch_size * base.train.seq_len  # tokens per optimizer step
     points: list[tuple[float, int, float | None]] = []  # (n_target, D, budget)
+    n_conv: dict[float, int] = {}
     for n in sweep.sizes:
-        shape_cfg = dataclasses.replace(
-            base.model, **shape_for(n, sweep.aspect, sweep.head_dim, sweep.min_layers)
-        )
+        shape_cfg = _shape_model(sweep, base, n)
+        n_conv[n] = params_for(shape_cfg, sweep.flops_convention)
         if sweep.kind == "grid":
             points += [(n, int(d), None) for d in sweep.tokens]
         else:
             fpt = flops.flops_per_token(shape_cfg, base.train.seq_len)[sweep.flops_convention]
-            n_real = flops.count_params(shape_cfg)["non_embedding"]
             points += [
                 (n, int(c / fpt), c)
                 for c in sweep.budgets
-                if sweep.min_tokens_per_param <= c / fpt / n_real <= sweep.max_tokens_per_param
+                if sweep.min_tokens_per_param <= c / fpt / n_conv[n] <= sweep.max_tokens_per_param
             ]
+
+    def lr_of(n: float) -> float:
+        rate = lr_rule(n_conv[n]) if lr_rule is not None else kaplan_lr(n)
+        return rate * sweep.lr_scale
 
     members: list[Member] = []
     by_size: dict[float, list[tuple[int, float | None]]] = {}
     for n, d, c in points:
         by_size.setdefault(n, []).append((d, c))
+    seed_point = _seed_point(sweep, by_size, n_conv)
     for n, ds in by_size.items():
         ds = sorted(ds)
         steps_of = [max(1, round(d / tpb)) for d, _ in ds]
-        warmup = min(max(100, round(n / tpb)), max(1, steps_of[0] // 4))
+        warmup = _warmup(n_conv[n], tpb, steps_of[0], sweep.cooldown_fraction)
         tag = f"N{n:.3g}"
         longest = max(steps_of)
         trunk_name = f"{tag}-D{ds[-1][0]:.3g}"
+        lr = lr_of(n)
         for (d, c), steps in sorted(zip(ds, steps_of, strict=True), key=lambda x: -x[1]):
-            cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, sweep.schedule)
+            cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, sweep.schedule, lr)
             name = f"{tag}-D{d:.3g}"
             if any(m.name == name for m in members):
                 continue  # two budgets rounding to the same step count
@@ -220,20 +320,43 @@ def plan(sweep: SweepConfig) -> list[Member]:
             bstep = steps - int(steps * sweep.cooldown_fraction) if branch else None
             members.append(_member(name, cfg, n, c, trunk_name if branch else None, bstep, "main"))
         smallest = min(by_size) == n
-        if smallest and sweep.seeds > 1:
+        if sweep.seeds > 1 and seed_point is not None and seed_point[0] == n:
+            # Whole runs of the seed point's own length: a branch is exactly such a run, so
+            # the main member is seed 0.
+            d = seed_point[1]
+            steps = steps_of[[x for x, _ in ds].index(d)]
             for s in range(1, sweep.seeds):
-                cfg = _member_cfg(sweep, n, longest, warmup, base.train.seed + s, sweep.schedule)
-                members.append(_member(f"{trunk_name}-seed{s}", cfg, n, None,
+                cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed + s, sweep.schedule,
+                                  lr)  # fmt: skip
+                members.append(_member(f"{tag}-D{d:.3g}-seed{s}", cfg, n, None,
                                        None, None, "seed"))  # fmt: skip
         if smallest and sweep.compare_cosine and sweep.schedule == "wsd":
             for (d, _), steps in zip(ds, steps_of, strict=True):
                 if steps == longest:
                     continue
-                cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, "cosine")
+                cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, "cosine", lr)
                 members.append(
                     _member(f"{tag}-D{d:.3g}-cosine", cfg, n, None, None, None, "cosine")
                 )
     return members
+
+
+def _seed_point(sweep: SweepConfig, by_size: dict, n_conv: dict) -> tuple[float, int] | None:
+    """(size, D) that the extra seeds repeat: on an isoflop sweep the member of the smallest
+    budget nearest its expected optimum (D/N = expected_tokens_per_param), so the spread is
+    measured where the fits need it and costs one short run per seed; on a grid the smallest
+    size at its largest D."""
+    if not by_size:
+        return None
+    if sweep.kind == "grid":
+        n = min(by_size)
+        return n, max(d for d, _ in by_size[n])
+    c0 = min(sweep.budgets)
+    cands = [(n, d) for n, ds in by_size.items() for d, c in ds if c == c0]
+    if not cands:
+        return None
+    target = math.log(sweep.expected_tokens_per_param)
+    return min(cands, key=lambda nd: abs(math.log(nd[1] / n_conv[nd[0]]) - target))
 
 
 def _member(name, cfg, n, budget, trunk, bstep, group) -> Member:
@@ -241,6 +364,64 @@ def _member(name, cfg, n, budget, trunk, bstep, group) -> Member:
     D = cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
     return Member(name, cfg, n, counts["non_embedding"], counts["total"], D, budget, trunk,
                   bstep, group)  # fmt: skip
+
+
+# ---------------------------------------------------------------- the learning-rate rule
+
+
+def fit_lr_rule(points: list[dict]) -> dict:
+    """The LR sweep's answer from its runs: `points` are {N, lr, loss, ...} (N under the sweep's
+    convention). Per size, the optimum is the vertex of a least-squares parabola in log lr over
+    the best rate and up to two rates on each side (short runs at high rates are noisy, and
+    five points average more of it out than three), clipped to the rates it was fitted on; a
+    best rate at the edge of those tried is taken as it is and flagged, since the true optimum
+    lies beyond it. Then log lr_opt = log k + p log N by least squares (p = 0 with one size).
+    Returns the lr.json document."""
+    import numpy as np
+
+    per_size = []
+    for n in sorted({p["N"] for p in points}):
+        pts = sorted((p["lr"], p["loss"]) for p in points if p["N"] == n)
+        x = np.log([lr for lr, _ in pts])
+        y = np.array([loss for _, loss in pts])
+        i = int(np.argmin(y))
+        edge = i in (0, len(y) - 1)
+        lo_opt, note = float(x[i]), ("best rate at the edge of those tried" if edge else "")
+        if not edge and len(y) >= 3:
+            w = slice(max(0, i - 2), min(len(y), i + 3))
+            c2, c1, _ = np.polyfit(x[w], y[w], 2)
+            if c2 > 0:
+                lo_opt = float(np.clip(-c1 / (2 * c2), x[w][0], x[w][-1]))
+        per_size.append({"N": n, "lr_opt": math.exp(lo_opt), "best_tried": pts[i][0],
+                         "edge": edge, "note": note})  # fmt: skip
+    lx = [math.log(s["N"]) for s in per_size]
+    ly = [math.log(s["lr_opt"]) for s in per_size]
+    if len(set(lx)) >= 2:
+        mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+        p = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
+            (a - mx) ** 2 for a in lx
+        )
+        logk = my - p * mx
+    else:
+        p, logk = 0.0, sum(ly) / len(ly)
+    return {
+        "method": "LR sweep: per size, a parabola in log lr around the best rate; then "
+        "lr(N) = k N^p by least squares in log space",
+        "points": points,
+        "per_size": per_size,
+        "rule": {"formula": "lr(N) = k * N^p", "k": math.exp(logk), "p": p},
+    }
+
+
+def _lr_points(sweep: SweepConfig, lr_members: list[Member], out: Path) -> list[dict]:
+    pts = []
+    for m in lr_members:
+        rec = _done(out / "runs" / m.name)
+        if rec is None or not math.isfinite(rec.get("val_loss") or math.nan):
+            continue  # a diverged rate has no loss: it is not the optimum
+        pts.append({"N": params_for(m.cfg.model, sweep.flops_convention), "lr": m.cfg.train.lr,
+                    "D": m.D, "loss": rec["val_loss"], "loss_se": rec["val_loss_se"]})  # fmt: skip
+    return pts
 
 
 def compute(m: Member) -> dict[str, float]:
@@ -275,10 +456,14 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         print_fn, progress = (lambda *_: None), False
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    members = plan(sweep)
+    lr_members = plan_lr(sweep)
+    # The rate does not change a member's name, shape, tokens or FLOPs: Kaplan's stands in
+    # until the LR sweep has fitted its rule.
+    members = lr_members + plan(sweep)
     if main:
         (out / "sweep.json").write_text(json.dumps(dataclasses.asdict(sweep), indent=1))
-    by_name = {m.name: m for m in members}
+        for line in design_lines(sweep, members):
+            print_fn(line)
     cost = {m.name: m.cfg.train.steps - (m.branch_step or 0) for m in members}
     work = {m.name: cost[m.name] * flops.flops_per_token(m.cfg.model, m.cfg.train.seq_len)[
         "hardware"] * m.cfg.train.batch_size * m.cfg.train.seq_len for m in members}  # fmt: skip
@@ -351,8 +536,14 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
     #
     # A trunk is trained up to each branch point in turn (its latest checkpoint is then exactly
     # where the branch starts), the branch is trained, and the trunk goes on.
+    for m in lr_members:
+        run_member(m)
+    if lr_members:
+        rule = _share_rule(sweep, lr_members, out, main)
+        members = lr_members + plan(sweep, rule)
+    by_name = {m.name: m for m in members}
     for m in members:
-        if m.trunk is not None:
+        if m.trunk is not None or m.group == "lr":
             continue
         branches = sorted((b for b in members if b.trunk == m.name), key=lambda b: b.branch_step)
         for b in branches:
@@ -375,6 +566,76 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
             "run_wall_s": run_wall}  # fmt: skip
 
 
+def _share_rule(sweep: SweepConfig, lr_members: list[Member], out: Path, main: bool) -> LRRule:
+    """Process 0 fits the rule from the LR runs' records and writes lr.json; every process then
+    takes process 0's numbers, so all of them plan the same members."""
+    import jax
+    import numpy as np
+
+    kp = np.zeros(2, np.float64)
+    if main:
+        doc = fit_lr_rule(_lr_points(sweep, lr_members, out))
+        doc["tokens_per_param"] = sweep.lr_sweep_tokens_per_param
+        doc["convention"] = sweep.flops_convention
+        tmp = out / "lr.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(out / "lr.json")
+        kp[:] = doc["rule"]["k"], doc["rule"]["p"]
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        kp = np.asarray(multihost_utils.broadcast_one_to_all(kp))
+    return LRRule(float(kp[0]), float(kp[1]))
+
+
+# ---------------------------------------------------------------- the design check
+
+
+def design_check(sweep: SweepConfig, members: list[Member]) -> list[dict]:
+    """Can this design bracket the optimum? Per IsoFLOP budget: the sizes it trains, and how many
+    lie on each side of the optimum expected at D/N = expected_tokens_per_param (N as the
+    convention counts it). A budget passes with >= min_sizes_per_budget sizes and
+    >= min_sizes_each_side on each side. A grid has no budgets of its own: it fails, since its
+    approach 2 could only interpolate across runs."""
+    if sweep.kind != "isoflop":
+        why = "a grid sweep has no IsoFLOP budgets: approach 2 would interpolate"
+        return [{"budget": None, "pass": False, "n_sizes": 0, "below": 0, "above": 0,
+                 "detail": why}]  # fmt: skip
+    out = []
+    for c in sweep.budgets:
+        ms = [m for m in members if m.group == "main" and m.budget == c]
+        ratios = [m.D / params_for(m.cfg.model, sweep.flops_convention) for m in ms]
+        # More tokens per parameter than expected: the model is smaller than the optimum.
+        below = sum(r > sweep.expected_tokens_per_param for r in ratios)
+        above = len(ratios) - below
+        ok = (len(ms) >= sweep.min_sizes_per_budget and below >= sweep.min_sizes_each_side
+              and above >= sweep.min_sizes_each_side)  # fmt: skip
+        span = max(ratios) / min(ratios) if ratios else 0.0
+        out.append({"budget": c, "pass": ok, "n_sizes": len(ms), "below": below, "above": above,
+                    "detail": f"{len(ms)} sizes, {below} below and {above} above the expected "
+                    f"optimum (D/N = {sweep.expected_tokens_per_param:g}); D/N spans "
+                    f"{min(ratios, default=0):.3g}-{max(ratios, default=0):.3g} "
+                    f"({span:.3g}x)"})  # fmt: skip
+    return out
+
+
+def design_lines(sweep: SweepConfig, members: list[Member]) -> list[str]:
+    rows = design_check(sweep, members)
+    lines = []
+    for r in rows:
+        where = f"C={r['budget']:.3g}" if r["budget"] is not None else "design"
+        lines.append(f"design {'PASS' if r['pass'] else 'FAIL'} {where}: {r['detail']}")
+    bad = sum(not r["pass"] for r in rows)
+    need = (f">= {sweep.min_sizes_per_budget} sizes per budget with >= "
+            f"{sweep.min_sizes_each_side} on each side")  # fmt: skip
+    lines.append(
+        f"design: every budget can bracket the expected optimum ({need})"
+        if not bad
+        else f"design: {bad} of {len(rows)} budget(s) cannot bracket the expected optimum ({need})"
+    )
+    return lines
+
+
 def results_rows(sweep: SweepConfig, members: list[Member], out: Path) -> list[dict]:
     rows = []
     for m in members:
@@ -389,6 +650,7 @@ def results_rows(sweep: SweepConfig, members: list[Member], out: Path) -> list[d
                 "group": m.group,
                 "N": m.N,
                 "N_total": m.N_total,
+                "N_out": params_for(m.cfg.model, "6N_out"),
                 "D": m.D,
                 "C": c[f"C_{sweep.flops_convention}"],
                 **c,
@@ -447,7 +709,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) -> list[Member]:
-    members = plan(sweep)
+    members = plan_lr(sweep) + plan(sweep)
     base = config_lib.from_dict(sweep.base)
     peak = peak or base.train.peak_flops  # the target machine's, when the sweep file says
     if peak is None:
@@ -457,7 +719,7 @@ def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) ->
     rate = peak * sweep.mfu_estimate
     print_fn(
         f"{'member':<28} {'group':<6} {'L':>3} {'d':>5} {'N':>10} {'D':>12} {'steps':>6} "
-        f"{'C_' + sweep.flops_convention:>10} {'est_s':>7}"
+        f"{'C_' + sweep.flops_convention:>10} {'lr':>8} {'est_s':>7}"
     )
     total_s = total_c = 0.0
     for m in members:
@@ -467,12 +729,21 @@ def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) ->
         total_s += est
         total_c += c["C_hardware"] * run_steps / m.cfg.train.steps
         branch = f"  <- {m.trunk} @ {m.branch_step}" if m.trunk else ""
+        lr = "rule" if sweep.lr_sweep_sizes and m.group != "lr" else f"{m.cfg.train.lr:.3g}"
         print_fn(
             f"{m.name:<28} {m.group:<6} {m.cfg.model.n_layers:>3} {m.cfg.model.d_model:>5} "
             f"{m.N:>10,} {m.D:>12,} {m.cfg.train.steps:>6} "
-            f"{c['C_' + sweep.flops_convention]:>10.3g} {est:>7.0f}{branch}"
+            f"{c['C_' + sweep.flops_convention]:>10.3g} {lr:>8} {est:>7.0f}{branch}"
         )
     cs = [compute(m)["C_" + sweep.flops_convention] for m in members if m.group == "main"]
+    if sweep.lr_sweep_sizes:
+        print_fn(
+            f"lr: {len(sweep.lr_sweep_sizes)} sizes x {len(sweep.lr_sweep_lrs)} rates at "
+            f"D/N = {sweep.lr_sweep_tokens_per_param:g}; the main members' rate comes from the "
+            "rule lr(N) = k N^p fitted to them ('rule' above)"
+        )
+    for line in design_lines(sweep, members):
+        print_fn(line)
     print_fn(
         f"{len(members)} members; compute spans {math.log10(max(cs) / min(cs)):.2f} decades; "
         f"{total_c:.3e} FLOPs to train (hardware count); estimated {total_s / 60:.1f} min at "
