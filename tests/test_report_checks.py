@@ -205,3 +205,25 @@ def test_lr_check_fails_when_an_optimum_is_at_the_edge_of_the_rates():
     got = C.lr_check(edge)
     assert got["pass"] is False and "(edge)" in got["detail"]
     assert C.lr_check(None) is None
+
+
+def test_an_edge_learning_rate_in_lr_json_fails_the_report_check(tmp_path):
+    # Through the files: an lr.json whose smallest size's best rate is the top of the grid
+    # makes the report's LR check FAIL (read_lr must keep the edge flag).
+    import json
+
+    from test_report import _tiny_dir
+
+    from lm.scaling import report
+
+    out = _tiny_dir(tmp_path / "tiny")
+    per_size = [{"N": 1e4, "lr_opt": 0.08, "edge": True, "note": "best rate at the edge"},
+                {"N": 4e4, "lr_opt": 0.01, "edge": False, "note": ""}]  # fmt: skip
+    points = [{"N": s["N"], "lr": lr, "loss": 2.0 + lr} for s in per_size for lr in (0.01, 0.08)]
+    doc = {"method": "m", "points": points, "per_size": per_size,
+           "rule": {"formula": "lr(N) = k * N^p", "k": 1.0, "p": -0.5}}  # fmt: skip
+    (out / "lr.json").write_text(json.dumps(doc))
+    report.write_report(out, None, print_fn=lambda *_: None, n_boot=0)
+    checks = json.loads((out / "fit.json").read_text())["summary"]["checks"]
+    lr = next(c for c in checks if c["name"].startswith("every LR-sweep size"))
+    assert lr["pass"] is False and "(edge)" in lr["detail"]

@@ -40,7 +40,13 @@ def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
         "Hoffmann et al. 2022 approaches 1-3. Writes JSON and prints a table.",
     )
     p.add_argument("--runs", required=True, type=Path, help="CSV with one row per run/checkpoint")
-    p.add_argument("--approach", required=True, choices=APPROACHES)
+    p.add_argument(
+        "--approach",
+        required=True,
+        choices=APPROACHES,
+        help="kaplan: Kaplan et al. 2020's power laws; 1: the loss envelope over compute; 2: "
+        "IsoFLOP minima; 3: the parametric L(N, D) (Hoffmann et al. 2022)",
+    )
     p.add_argument(
         "--bootstrap",
         type=int,
@@ -247,6 +253,13 @@ def run_fit(args: argparse.Namespace) -> int:
             raise F.FitError(f"--bootstrap must be >= 0, got {args.bootstrap}")
         if not 0 < args.budget_tol < 1:
             raise F.FitError(f"--budget-tol must be in (0, 1), got {args.budget_tol}")
+        print(
+            f"fitting approach {args.approach} on {len(runs)} rows"
+            + (f" with {args.bootstrap} bootstrap resamples" if args.bootstrap else "")
+            + " ...",
+            file=sys.stderr,
+            flush=True,
+        )
         result = F.fit(
             runs,
             args.approach,

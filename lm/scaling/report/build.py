@@ -68,6 +68,10 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int) -> 
                                  "noise": noise, "n_boot": n_boot, "seed": seed})
         for c in order
     ]  # fmt: skip
+    print_fn(
+        f"fitting {len(t.main)} runs under {len(jobs)} conventions (approaches 1-3 and Kaplan, "
+        f"{n_boot} bootstrap resamples each) ..."
+    )
     done = fit_all(jobs, N_CHILDREN)
     fits = {c.key: done[c.key] for c in CONVENTIONS}
     t_fit = time.perf_counter() - t0
@@ -84,6 +88,7 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int) -> 
     lr_n_col = n_column_for(str(lr_conv or DEFAULT_FLOPS_CONVENTION))
     lr = t.lr and {**t.lr, "n_col": lr_n_col}
     t1 = time.perf_counter()
+    print_fn(f"fits done in {t1 - t0:.0f} s; plotting ...")
     made = plots.make_plots(out_dir / "plots", fits, primary, lr)
     t_plot = time.perf_counter() - t1
 
