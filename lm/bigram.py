@@ -67,14 +67,33 @@ def generate(
 
 
 def train_run(cfg: Config, run_dir: str | Path, print_fn=print) -> dict:
-    from lm.loop import MetricsLog, get_tokenizer, prepare_run_dir, unigram_entropy
+    from lm import runlock
+    from lm.config import ConfigError
+    from lm.loop import check_run_dir, get_tokenizer
 
     run_dir = Path(run_dir)
+    # As lm.loop.train_run: the inputs are checked before anything is written to run_dir.
+    check_run_dir(cfg, run_dir)
+    tok = get_tokenizer(cfg, run_dir, save=False)
+    try:
+        tokens = data.prepare_data(cfg.data, tok, progress=True)
+        windows = data.val_windows(tokens.val, cfg.train.eval_windows, cfg.train.seq_len)
+    except ValueError as e:
+        why = str(e)
+        src = f"data.source={cfg.data.source!r}: "
+        raise ConfigError(why if why.startswith("data.") else src + why) from None
+    with runlock.hold(run_dir, warn=print_fn):
+        return _train_locked(cfg, run_dir, tok, tokens, windows, print_fn)
+
+
+def _train_locked(cfg: Config, run_dir: Path, tok, tokens, windows, print_fn) -> dict:
+    from lm.loop import MetricsLog, has_tokenizer, prepare_run_dir, unigram_entropy
+    from lm.tokenizer import save_tokenizer
+
     prepare_run_dir(cfg, run_dir)
-    tok = get_tokenizer(cfg, run_dir)
+    if not has_tokenizer(run_dir):
+        save_tokenizer(tok, run_dir)
     V = tok.vocab_size
-    tokens = data.prepare_data(cfg.data, tok, progress=True)
-    windows = data.val_windows(tokens.val, cfg.train.eval_windows, cfg.train.seq_len)
     logp = fit(tokens.train, V, cfg.bigram.add_k)
     np.save(run_dir / TABLE_FILE, logp, allow_pickle=False)
     vl, se, bpb = evaluate(logp, windows, tok.token_bytes())

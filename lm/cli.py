@@ -6,6 +6,7 @@ Bad input ends with one line on stderr naming the culprit and exit status 2, bef
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,46 @@ class UsageError(Exception):
 def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
     """`--set KEY=VALUE ...`, repeatable, as every command that takes overrides spells it."""
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help)
+
+
+def split_set_groups(argv: list[str]) -> list[str]:
+    """`--set a=1 b=2 text` as `--set=a=1 --set=b=2 text`: argparse's `nargs="+"` would take
+    `text`, the command's positional, as one more override. A group ends at the first word
+    that is not KEY=VALUE (no `=`, or blanks before it), or at `--`."""
+
+    def key_value(a: str) -> bool:
+        key, eq, _ = a.partition("=")
+        return bool(eq) and not a.startswith("-") and not any(c.isspace() for c in key)
+
+    out: list[str] = []
+    in_set = False
+    for i, a in enumerate(argv):
+        if a == "--":
+            out += argv[i:]
+            break
+        if in_set and key_value(a):
+            out.append(f"--set={a}")
+            continue
+        in_set = a == "--set" and i + 1 < len(argv) and key_value(argv[i + 1])
+        if not in_set:  # a --set without a KEY=VALUE after it is left for argparse to report
+            out.append(a)
+    return out
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> None:
+    """One line when `path` cannot be (or become) a writable directory: it is a file, lies
+    under one, or the nearest directory that exists is not writable. Checked before any
+    compute, so a long job never fails at its first save."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a directory")
+    q = p
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if not q.is_dir():
+        raise UsageError(f"{flag} {path}: {q} is a file, so no directory can be made under it")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {q} is not writable")
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -67,6 +108,8 @@ def cmd_train(args) -> int:
     from lm import loop
 
     run_dir = Path(args.out)
+    if not args.dry_run:
+        check_out_dir(run_dir)
     init_from = None
     if args.init_from:
         init_from = Path(args.init_from)
@@ -105,7 +148,9 @@ def cmd_train(args) -> int:
             print(f"--- bigram sample (temperature {args.temperature}) ---")
             print(args.prompt + tok.decode(new))
         return 0
-    summary = loop.train_run(cfg, run_dir, progress=not args.no_progress, init_from=init_from)
+    summary = loop.train_run(
+        cfg, run_dir, progress=not args.no_progress, init_from=init_from, restart=args.restart
+    )
     if args.sample_tokens > 0:
         import jax
 
@@ -188,19 +233,27 @@ def _tokenizer_from(args):
     if args.run:
         return load_tokenizer(Path(args.run))
     if args.config or args.set:
-        from lm.tokenizer import build_tokenizer
-
-        return build_tokenizer(_load_config(args).data)
+        return _build_tokenizer(_load_config(args).data)
     return ByteTokenizer()
 
 
+def _build_tokenizer(data_cfg):
+    from lm.tokenizer import build_tokenizer
+
+    try:
+        return build_tokenizer(data_cfg)
+    except ValueError as e:  # no text, or a vocabulary the corpus cannot fill
+        raise UsageError(str(e)) from None
+
+
 def cmd_tok_train(args) -> int:
-    from lm.tokenizer import build_tokenizer, save_tokenizer
+    from lm.tokenizer import save_tokenizer
 
     cfg = _load_config(args)
     if cfg.data.tokenizer == "byte":
         raise UsageError("data.tokenizer='byte' needs no training; set bpe or unigram")
-    tok = build_tokenizer(cfg.data)
+    check_out_dir(args.out)
+    tok = _build_tokenizer(cfg.data)
     path = save_tokenizer(tok, Path(args.out))
     print(f"{cfg.data.tokenizer} tokenizer, {tok.vocab_size} tokens -> {path}")
     return 0
@@ -208,13 +261,24 @@ def cmd_tok_train(args) -> int:
 
 def cmd_tok_encode(args) -> int:
     tok = _tokenizer_from(args)
-    text = sys.stdin.read() if args.text == "-" else args.text
-    ids = tok.encode(text)
-    pieces = tok.pieces(ids)
-    print(f"{len(text.encode())} bytes -> {len(ids)} tokens")
-    for i, p in zip(ids, pieces, strict=True):
-        print(f"{i:>7}  {p!r}")
-    print("ids:", " ".join(map(str, ids)))
+    if args.text == "-":
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"stdin: not UTF-8 text (byte {e.start})") from None
+    else:
+        text = args.text
+    try:
+        ids = tok.encode(text)
+    except UnicodeEncodeError as e:  # an argument byte that was not UTF-8 arrives as one
+        raise UsageError(
+            f"text: character {e.start} is a lone surrogate ({text[e.start]!r}), which has no "
+            "UTF-8 form; pass UTF-8 text"
+        ) from None
+    from lm.pieces import format_groups  # ids grouped into whole characters
+
+    for line in format_groups(tok, text, ids):
+        print(line)
     return 0
 
 
@@ -247,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(t)
     t.add_argument("--out", required=True, help="run directory (resumed if it exists)")
     t.add_argument("--dry-run", action="store_true", help="compile and report memory/FLOPs only")
+    t.add_argument(
+        "--restart",
+        action="store_true",
+        help="train from the start in an --out whose metrics.jsonl shows earlier training but "
+        "whose checkpoints are gone (without it such a directory is refused); the old "
+        "metrics.jsonl is kept as metrics.jsonl.before-restart",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
         "--sample-tokens", type=int, default=200, help="tokens to sample at the end (0: none)"
@@ -269,27 +340,51 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--process-id", type=int, help="multi-host: this process's id, 0-based")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="validation loss and bits/byte of a run's checkpoint")
+    e = sub.add_parser(
+        "eval",
+        help="validation loss and bits/byte of a run's checkpoint",
+        description="Score a checkpoint on the run's validation split: the mean loss "
+        "(nats/token) over --windows windows of train.seq_len tokens, its standard error "
+        "over windows, and bits per byte (comparable across tokenizers). The windows are fixed, "
+        "spread evenly over the split; with the default --windows they are the ones "
+        "training evaluates on.",
+    )
     e.add_argument("--run", required=True, help="run directory")
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     e.add_argument("--windows", type=int, default=None, help="validation windows (default: config)")
     e.set_defaults(func=cmd_eval)
 
-    tk = sub.add_parser("tokenizer", help="train a tokenizer, or show how text becomes tokens")
+    tk = sub.add_parser(
+        "tokenizer",
+        help="train a tokenizer, or show how text becomes tokens",
+        description="Train a sentencepiece tokenizer from a config's corpus, or encode and "
+        "decode text with a run's tokenizer, a config's, or the byte tokenizer.",
+    )
     tsub = tk.add_subparsers(dest="tok_command", required=True)
     tt = tsub.add_parser(
         "train",
         help="train a sentencepiece tokenizer (data.tokenizer=bpe|unigram)",
+        description="Train the config's sentencepiece tokenizer (data.tokenizer=bpe|unigram, "
+        "data.tokenizer_vocab pieces, on about data.tokenizer_sample_bytes of the training "
+        "split) and write it to --out/tokenizer.model. Training runs also do this themselves, "
+        "cached in data.cache_dir.",
         epilog=EPILOG_SET,
     )
     _config_args(tt)
     tt.add_argument("--out", required=True, help="directory to write tokenizer.model into")
     tt.set_defaults(func=cmd_tok_train)
+    descriptions = {
+        "encode": "Show how text becomes tokens: one line per token with its id, the "
+        "tokenizer's own piece and the text it stands for; tokens that only together make a "
+        "character (a character's UTF-8 bytes, with the byte tokenizer) share one line.",
+        "decode": "Turn token ids back into text.",
+    }
     for name, fn, help_ in (
         ("encode", cmd_tok_encode, "text -> pieces and ids"),
         ("decode", cmd_tok_decode, "ids -> text"),
     ):
-        q = tsub.add_parser(name, help=help_, epilog="Tokenizer: --run DIR, a config, or bytes.")
+        q = tsub.add_parser(name, help=help_, description=descriptions[name],
+                            epilog="Tokenizer: --run DIR, a config, or bytes.")  # fmt: skip
         q.add_argument("--run", help="use this run directory's tokenizer")
         _config_args(q)
         if name == "encode":
@@ -309,7 +404,12 @@ def _add_optional(sub) -> None:
     except ImportError:
         add_fit_parser = None
     if add_fit_parser is not None:
-        sc = sub.add_parser("scaling", help="fit and plot scaling laws from runs")
+        sc = sub.add_parser(
+            "scaling",
+            help="fit and plot scaling laws from runs",
+            description="Fit scaling laws to a results.csv (lm scaling fit) or write a "
+            "sweep's report, fits and plots (lm scaling plot).",
+        )
         ssub = sc.add_subparsers(dest="scaling_command", required=True)
         add_fit_parser(ssub)
         try:
@@ -338,10 +438,27 @@ def loop_errors():
     return (TrainingDiverged,)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions whose message is already the one line a user needs (exit status 2)."""
+    from lm.checkpoint import CheckpointError
+    from lm.loop import RunDirError
+    from lm.run import ModelFileError
+    from lm.runlock import Busy
+
+    return (CheckpointError, RunDirError, ModelFileError, Busy)
+
+
+def _os_error(e: OSError) -> str:
+    if e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     from lm.xla_env import configure
 
     configure()
+    argv = split_set_groups(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     from lm.config import ConfigError
 
@@ -351,7 +468,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
-        print(f"error: {e.args[0] if len(e.args) == 1 else e}", file=sys.stderr)
+        print(f"error: {e.args[0] if len(e.args) == 1 else _os_error(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a permission, a directory where a file should be
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 2
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except loop_errors() as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ Vary a config in code with `dataclasses.replace`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -220,6 +221,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {typ}")
 
 
+def _shown(key: str) -> str:
+    """A key as typed, or quoted when it would not read as one word on one line."""
+    return key if key and key.isprintable() and not any(c.isspace() for c in key) else repr(key)
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
@@ -228,7 +234,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for k in data:
         if k not in names:
             raise ConfigError(
-                f"unknown config key {prefix}{k!s} (known: {', '.join(sorted(names))})"
+                f"unknown config key {_shown(f'{prefix}{k!s}')} (known: {', '.join(sorted(names))})"
             )
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -269,7 +275,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {p} is not a section")
+                raise ConfigError(f"override {_shown(key)}: {_shown(p)} is not a section")
         node[parts[-1]] = _parse_scalar(value)
     return raw
 
@@ -280,7 +286,10 @@ def from_dict(raw: dict[str, Any]) -> Config:
     if preset not in ("none", *PRESETS):
         raise ConfigError(f"preset={preset!r}: must be one of none, {', '.join(PRESETS)}")
     if preset != "none":  # the preset fills model keys the file leaves unset
-        raw["model"] = {**PRESETS[preset], **(raw.get("model") or {})}
+        model = raw.get("model") or {}
+        if not isinstance(model, dict):
+            raise ConfigError(f"model: expected a mapping, got {model!r}")
+        raw["model"] = {**PRESETS[preset], **model}
     cfg = _build(Config, raw, "")
     validate(cfg)
     return cfg
@@ -324,9 +333,27 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r}: {why}")
 
 
+# Ints become int32 scalars and array sizes on device; any larger one is a typo, not a run.
+INT_LIMIT = 2**31 - 1
+
+
+def _check_numbers(obj: Any, prefix: str) -> None:
+    """Every number finite (inf/nan pass `> 0` checks and poison training) and every int
+    within int32."""
+    for f in dataclasses.fields(obj):
+        v, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            _check_numbers(v, f"{key}.")
+        elif isinstance(v, float):
+            _check(math.isfinite(v), key, v, "must be a finite number")
+        elif isinstance(v, int) and not isinstance(v, bool):
+            _check(abs(v) <= INT_LIMIT, key, v, f"out of range (at most {INT_LIMIT} in size)")
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible values with one line naming the key; cheap, no compute."""
     m, d, t, me = cfg.model, cfg.data, cfg.train, cfg.mesh
+    _check_numbers(cfg, "")
     for k in ("n_layers", "d_model", "n_heads", "vocab_size", "max_seq_len"):
         _check(getattr(m, k) >= 1, f"model.{k}", getattr(m, k), "must be >= 1")
     _check(
@@ -368,6 +395,7 @@ def validate(cfg: Config) -> None:
             m.rope_original_max_seq_len,
             "must be >= 1",
         )
+    _check(m.rope_theta > 0, "model.rope_theta", m.rope_theta, "must be > 0")
     _check(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "must be > 0")
     _check(m.init_std > 0, "model.init_std", m.init_std, "must be > 0")
 
@@ -376,6 +404,7 @@ def validate(cfg: Config) -> None:
     if d.max_docs is not None:
         _check(d.max_docs >= 2, "data.max_docs", d.max_docs, "must be >= 2")
     _check_source(d.source)
+    _check_path(d.cache_dir, "data.cache_dir")
     tok_vocab = 259 if d.tokenizer == "byte" else d.tokenizer_vocab
     tok_name = d.tokenizer
     if d.source.startswith("task:"):
@@ -400,6 +429,7 @@ def validate(cfg: Config) -> None:
         f"smaller than the {tok_name} tokenizer's {tok_vocab} tokens",
     )
 
+    _check(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     _check(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
     _check(t.seq_len >= 1, "train.seq_len", t.seq_len, "must be >= 1")
@@ -442,10 +472,20 @@ def validate(cfg: Config) -> None:
     _check(sum(v == -1 for v in sizes.values()) <= 1, "mesh", sizes, "at most one axis may be -1")
 
 
+def _check_path(value: str, key: str) -> Path:
+    _check("\0" not in value, key, value, "contains a NUL character")
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # ~user with no such user
+        raise ConfigError(
+            f"{key}={value!r}: cannot expand its ~ (no such home directory)"
+        ) from None
+
+
 def _check_source(source: str) -> None:
     if source == "stdlib" or source.startswith(("hf:", "task:")):
         return
-    p = Path(source).expanduser()
+    p = _check_path(source, "data.source")
     if any(c in source for c in "*?["):
         import glob
 

@@ -426,10 +426,12 @@ def prepare_data(
         t0 = time.perf_counter()
         stats = _tokenize_into(tmp, cfg, tok, workers, progress)
         if stats["train"]["tokens"] == 0:
+            n = stats["val"]["docs"]
             raise ValueError(
                 f"data.source={cfg.source!r}: no training documents "
-                f"({stats['val']['docs']} read, all in the validation split)"
-            )
+                + (f"({n} read, all in the validation split)" if n else
+                   "(no text found: binary files are skipped)")
+            )  # fmt: skip
         meta = {
             **stats,
             "vocab_size": tok.vocab_size,

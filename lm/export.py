@@ -3,8 +3,9 @@
 `export(run_dir, out_path)` writes it, `load(path)` reads it back for JAX, and
 `python -m lm.run model.lm "prompt"` runs it with numpy alone. The format is safetensors (no
 pickle, nothing in it ever runs); `lm.run` documents the layout and holds the one reader, which
-checks every size and offset before touching the data, and every weight's shape against the
-config, so a truncated, corrupted or foreign file fails with one `ModelFileError` line.
+checks every size and offset before touching the data, every weight's shape against the
+config, and a SHA-256 digest of the metadata and weights, so a truncated, corrupted (down to
+one flipped bit) or foreign file fails with one `ModelFileError` line.
 
 Weights are stored as float32 whatever the run's param_dtype (bfloat16 converts exactly, and
 numpy has no bfloat16); `load` casts them back. Bigram runs (kind: bigram) export their
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lm import config as config_lib
-from lm.run import FORMAT, VERSION, ModelFileError, make_tokenizer, read_model_file
+from lm.run import FORMAT, VERSION, ModelFileError, digest, make_tokenizer, read_model_file
 from lm.tokenizer import ByteTokenizer, SentencePieceTokenizer
 
 __all__ = ["ModelFileError", "export", "flatten", "load", "save", "unflatten"]
@@ -72,6 +73,7 @@ def save(out_path: str | Path, cfg: config_lib.Config, params: dict[str, Any], t
         meta["tokenizer"] = "byte"
     else:
         raise TypeError(f"cannot export a {type(tok).__name__}")
+    meta["sha256"] = digest(meta, tensors)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")

@@ -10,7 +10,11 @@ GPT2LMHeadModel.
 Every config.json field that changes the computation is either mapped onto `ModelConfig` or
 refused with one line naming it (`HFError`), before any weight is read. Weights are read and
 written as safetensors only, never unpickled (`pytorch_model.bin` is refused), and imported as
-float32 whatever their stored dtype (bfloat16 widens exactly).
+float32 whatever their stored dtype (bfloat16 widens exactly). Every file read must lie inside
+the model directory: a shard name in the index that is absolute, holds `..`, or resolves
+(through symlinks) anywhere else is refused, so a downloaded index cannot make the import read
+someone else's files. The one exception is the Hugging Face hub cache's own layout, where a
+snapshot's files are symlinks into its repository's `blobs/`.
 
 How the weights correspond (ours as in lm.model; HF Linear weights are [out, in], GPT-2's
 Conv1D weights [in, out]; layer i of a stacked [L, ...] weight is HF's layer i):
@@ -38,7 +42,7 @@ import json
 import math
 import os
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -54,6 +58,8 @@ LLAMA_TYPES = ("llama", "mistral")  # mistral is llama plus a sliding window, re
 GPT2_ACTS = ("gelu_new", "gelu_pytorch_tanh")  # both the tanh approximation
 # HF buffers some checkpoints carry that are functions of the config, not weights.
 _BUFFERS = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+# The smallest data.tokenizer_vocab a config accepts: an imported vocabulary is recorded there.
+_MIN_VOCAB = 260
 # Model keys a user may change on import: they do not change what the weights mean.
 _MODEL_OVERRIDABLE = {"param_dtype", "compute_dtype", "remat", "scan_layers"}
 
@@ -65,10 +71,36 @@ class HFError(ValueError):
 # ---------------------------------------------------------------- config.json <-> ModelConfig
 
 
+def _hub_blobs(root: Path) -> Path | None:
+    """blobs/ of a hub cache repository (models--ORG--NAME/snapshots/REV) when `root` (resolved)
+    is one of its snapshots, whose files are symlinks into it; else None."""
+    snapshots, repo = root.parent, root.parent.parent
+    if snapshots.name == "snapshots" and repo.name.startswith(("models--", "datasets--")):
+        return repo / "blobs"
+    return None
+
+
+def _inside(hf_dir: Path, name: Any, where: str) -> Path:
+    """hf_dir / name, refused (HFError) unless it stays inside hf_dir: `name` relative,
+    without `..`, and resolving (symlinks followed) within hf_dir or its hub cache blobs/."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise HFError(f"{where}: file name {name!r}: expected a file name in {hf_dir}")
+    if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        raise HFError(f"{where}: {name!r} points outside {hf_dir} (absolute or '..'): refused")
+    path = hf_dir / name
+    root = hf_dir.resolve()
+    real = path.resolve()
+    allowed = [root, *filter(None, [_hub_blobs(root)])]
+    if not any(real.is_relative_to(a) for a in allowed):
+        raise HFError(f"{where}: {name!r} resolves to {real}, outside {hf_dir}: refused")
+    return path
+
+
 def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
     path = Path(hf_dir) / CONFIG_JSON
     if not path.is_file():
         raise HFError(f"{hf_dir}: no {CONFIG_JSON} (not a Hugging Face model directory)")
+    _inside(Path(hf_dir), CONFIG_JSON, str(path))
     try:
         hf = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
@@ -397,26 +429,37 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
             if n > path.stat().st_size - 8:
                 raise ValueError
             header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError, struct.error, RecursionError):
         raise HFError(f"{path}: not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise HFError(f"{path}: not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     return header, 8 + n
+
+
+def _ints(x: Any, n: int | None = None) -> bool:
+    ok = isinstance(x, list) and all(type(i) is int and i >= 0 for i in x)
+    return ok and (n is None or len(x) == n)
 
 
 def _weight_files(hf_dir: Path) -> list[Path]:
     index = hf_dir / WEIGHTS_INDEX
     if index.is_file():
+        _inside(hf_dir, WEIGHTS_INDEX, str(index))
         try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
+            weight_map = json.loads(index.read_text())["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise HFError(f"{index}: no weight_map of tensor names to shard files") from None
-        files = [hf_dir / n for n in names]
+        names = list(dict.fromkeys(weight_map.values()))
+        files = [_inside(hf_dir, n, f"{index}: weight_map") for n in names]
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise HFError(f"{index}: shard {missing[0].name} is missing")
-        return files
+        return sorted(files)
     if (hf_dir / WEIGHTS).is_file():
-        return [hf_dir / WEIGHTS]
+        return [_inside(hf_dir, WEIGHTS, str(hf_dir / WEIGHTS))]
     if any(hf_dir.glob("*.bin")) or any(hf_dir.glob("*.pt")):
         raise HFError(
             f"{hf_dir}: only pickled weights (*.bin); convert them to safetensors first "
@@ -433,9 +476,12 @@ class _Tensors:
         for f in files:
             header, start = _read_header(f)
             for name, info in header.items():
-                if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
+                if not isinstance(info, dict) or str(info.get("dtype")) not in _ST_DTYPES:
                     dtype = info.get("dtype") if isinstance(info, dict) else info
                     raise HFError(f"{f}: tensor {name} has dtype {dtype!r} (not a float)")
+                offsets = info.get("data_offsets")
+                if not (_ints(info.get("shape")) and _ints(offsets, 2)) or offsets[0] > offsets[1]:
+                    raise HFError(f"{f}: tensor {name}: malformed shape or data_offsets")
                 self.where[name] = (f, start, info)
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -567,6 +613,7 @@ def _special_id(hf_dir: Path, hf: dict, name: str, lookup) -> int | None:
         p = hf_dir / fname
         if not p.is_file():
             continue
+        _inside(hf_dir, fname, str(p))
         try:
             tok = json.loads(p.read_text()).get(f"{name}_token")
         except (ValueError, AttributeError):
@@ -585,6 +632,9 @@ def read_tokenizer(hf_dir: str | Path, hf: dict[str, Any]):
 
     hf_dir = Path(hf_dir)
     sp_path, tj_path = hf_dir / "tokenizer.model", hf_dir / "tokenizer.json"
+    for p in (sp_path, tj_path):
+        if p.is_file():
+            _inside(hf_dir, p.name, str(p))
     if sp_path.is_file():
         import sentencepiece as spm
 
@@ -629,10 +679,16 @@ def read_tokenizer(hf_dir: str | Path, hf: dict[str, Any]):
 
 
 def write_tokenizer(tok, out_dir: Path) -> list[str]:
-    """The tokenizer files transformers reads; [] when ours has no HF form (byte-level ids of
-    our own ByteTokenizer have none)."""
-    from lm.tokenizer import HFTokenizer, SentencePieceTokenizer
+    """The tokenizer files transformers reads; [] when ours has no HF form (a task's symbols).
+    Our ByteTokenizer becomes a byte-level tokenizer.json (lm.hf_tokenizer)."""
+    from lm.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer
 
+    if isinstance(tok, ByteTokenizer):
+        from lm.hf_tokenizer import byte_tokenizer_json, tokenizer_config
+
+        (out_dir / "tokenizer.json").write_text(byte_tokenizer_json(), encoding="utf-8")
+        (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2))
+        return ["tokenizer.json", "tokenizer_config.json"]
     if isinstance(tok, HFTokenizer):
         spec = tok.spec
         if tok.backend == "tokenizers":
@@ -672,7 +728,7 @@ def _run_config(m: ModelConfig, tok, overrides: list[str]) -> Config:
             )
     # data.tokenizer is only a label once the run directory holds the tokenizer, but validate
     # checks model.vocab_size against tokenizer_vocab.
-    vocab = max(260, min(tok.vocab_size, m.vocab_size))
+    vocab = max(_MIN_VOCAB, min(tok.vocab_size, m.vocab_size))
     cfg = Config(
         model=m,
         data=DataConfig(tokenizer="bpe", tokenizer_vocab=vocab),
@@ -688,7 +744,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: list[str] = ()
     read or anything is written."""
     import jax
 
-    from lm import checkpoint, sharding, train
+    from lm import checkpoint, runlock, sharding, train
     from lm.loop import prepare_run_dir
     from lm.tokenizer import save_tokenizer
 
@@ -697,6 +753,11 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: list[str] = ()
         raise HFError(f"--out {run_dir}: already a run directory; choose a new one")
     hf = read_hf_config(hf_dir)
     m, family = model_config_from_hf(hf)
+    if m.vocab_size < _MIN_VOCAB:  # the run's config cannot record a smaller vocabulary
+        raise HFError(
+            f"{CONFIG_JSON}: vocab_size={m.vocab_size}: lm runs hold at least {_MIN_VOCAB} ids "
+            "(256 bytes and 4 specials, data.tokenizer_vocab's minimum)"
+        )
     tok = read_tokenizer(hf_dir, hf)
     if tok.vocab_size > m.vocab_size:
         raise HFError(
@@ -719,15 +780,18 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: list[str] = ()
         return {**train.init_state(cfg, opt, cfg.train.seed), "params": p, "opt_state": opt.init(p)}
 
     state = jax.jit(make_state, out_shardings=shardings)(params)
-    prepare_run_dir(cfg, run_dir)
-    save_tokenizer(tok, run_dir)
-    mgr = checkpoint.manager(run_dir, keep=cfg.train.keep_ckpts)
-    checkpoint.save(mgr, 0, state)
-    mgr.wait_until_finished()
-    mgr.close()
-    (run_dir / "imported_from.json").write_text(
-        json.dumps({"path": str(hf_dir.absolute()), "model_type": hf.get("model_type")}) + "\n"
-    )
+    with runlock.hold(run_dir):
+        if (run_dir / checkpoint.CONFIG_FILE).exists():  # another import got here first
+            raise HFError(f"--out {run_dir}: already a run directory; choose a new one")
+        prepare_run_dir(cfg, run_dir)
+        save_tokenizer(tok, run_dir)
+        mgr = checkpoint.manager(run_dir, keep=cfg.train.keep_ckpts)
+        checkpoint.save(mgr, 0, state)
+        checkpoint.finish(mgr)
+        mgr.close()
+        (run_dir / "imported_from.json").write_text(
+            json.dumps({"path": str(hf_dir.absolute()), "model_type": hf.get("model_type")}) + "\n"
+        )
     return run_dir
 
 
@@ -779,7 +843,10 @@ def _usage(msg: str):
 def cmd_import(args) -> int:
     import logging
 
+    from lm.cli import check_out_dir
+
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on every save
+    check_out_dir(args.out)
     try:
         run_dir = import_hf(args.path, args.out, args.set)
     except HFError as e:

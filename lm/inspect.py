@@ -7,7 +7,14 @@
   3. the residual stream after each layer ([T, D], one norm per position) and each layer's
      attention pattern, per head, as heatmaps;
   4. the logits of the last position and the ten likeliest next tokens (a table and a chart);
-  5. the greedy choice against a sampled one, and a short sampled continuation.
+  5. the greedy choice against a sampled one (one random draw gives both the sampled token
+     and the sampled continuation that starts with it; its p is the probability in the
+     distribution it was drawn from), and both continuations with their ids.
+
+Tokens are shown as the text they decode to (`lm.pieces.labels`): byte-level and byte
+fallback pieces are grouped back into characters, `こ[E3]` being the first of the three bytes
+of 'こ'. Figures use DejaVu Sans with a CJK fallback font (`lm.fonts`); a glyph that no font
+has is matplotlib's warning, which the tests turn into an error.
 
 The forward pass here is `model.block` in a Python loop over `model.layer_params`, so each
 layer's output and attention weights can be kept; `recorded_forward` gives the same logits
@@ -19,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +33,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import model, sampling
+from lm import fonts, model, sampling
+from lm import pieces as pieces_lib
 from lm.config import Config, ModelConfig
 
 TOP = 10  # next tokens shown
 SHOW = 8  # vector entries shown
 
 
-def recorded_forward(params, cfg: ModelConfig, tokens: list[int]) -> dict[str, Any]:
+def recorded_forward(
+    params, cfg: ModelConfig, tokens: list[int], bucket: int = 1
+) -> dict[str, Any]:
     """One sequence through the model, layer by layer, keeping what each layer produced.
 
     Returns numpy arrays: "embedded" [T, D] (the layer input), "layers" [L, T, D] (the residual
     stream after each layer), "attention" [L, N, T, T] (weights of query t on key s per head),
-    "logits" [T, V] (float32).
+    "logits" [T, V] (float32). `bucket` > 1 runs the tokens padded to a multiple of it (at most
+    max_seq_len), so that nearby lengths share one compilation; attention is causal, so the
+    padding changes nothing before it, and it is cut off again.
     """
-    out = _recorded(params, jnp.asarray([tokens], jnp.int32), cfg=cfg)
-    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+    T = len(tokens)
+    padded = min(-(-T // bucket) * bucket, max(cfg.max_seq_len, T))
+    ids = np.zeros((1, padded), np.int32)
+    ids[0, :T] = tokens
+    out = _recorded(params, jnp.asarray(ids), cfg=cfg)
+    out = {k: np.asarray(v, np.float32) for k, v in out.items()}
+    out["embedded"], out["logits"] = out["embedded"][:T], out["logits"][:T]
+    out["layers"], out["attention"] = out["layers"][:, :T], out["attention"][:, :, :T, :T]
+    return out
 
 
 @functools.partial(jax.jit, static_argnames="cfg")  # one compile instead of ~100 op by op
@@ -112,8 +130,8 @@ def _stages(params, tokens_BT, *, cfg: ModelConfig):
         if "bq" in p:
             q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["bq"], k_BTKH + p["bk"], v_BTKH + p["bv"]
         if cfg.positions == "rope":
-            q_BTNH = model.rope(q_BTNH, pos_BT, cfg.rope_theta)
-            k_BTKH = model.rope(k_BTKH, pos_BT, cfg.rope_theta)
+            q_BTNH = model.rope(q_BTNH, pos_BT, cfg)  # with the config's rope_scaling
+            k_BTKH = model.rope(k_BTKH, pos_BT, cfg)
         N, H = q_BTNH.shape[2:]
         G = N // k_BTKH.shape[2]  # query head n reads kv head n // G
         k_BTNH, v_BTNH = jnp.repeat(k_BTKH, G, axis=2), jnp.repeat(v_BTKH, G, axis=2)
@@ -170,12 +188,22 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # a piece may lack a glyph in the default font
-        warnings.simplefilter("ignore")
-        fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100)
     return str(path)
 
 
+def _with_fonts(fn):
+    """Run a drawing function with the CJK fallback font (text reads the rc when created)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with fonts.context():
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+@_with_fonts
 def plot_attention(w_NTS: np.ndarray, pieces: list[str], layer: int, path: Path) -> str:
     """One heatmap per head; a long prompt labels every k-th token so labels stay legible."""
     N, T, _ = w_NTS.shape
@@ -196,16 +224,19 @@ def plot_attention(w_NTS: np.ndarray, pieces: list[str], layer: int, path: Path)
     return _save(fig, path)
 
 
+@_with_fonts
 def plot_top(rows: list[dict], path: Path) -> str:
     fig = _figure(6, 3.5)
     ax = fig.subplots()
     ax.bar(range(len(rows)), [r["prob"] for r in rows], color="tab:blue")
-    ax.set_xticks(range(len(rows)), [_label(r["piece"]) for r in rows], rotation=45)
+    ax.set_xticks(range(len(rows)), [_label(r.get("label", r["piece"])) for r in rows],
+                  rotation=45)  # fmt: skip
     ax.set_ylabel("probability")
     ax.set_title(f"top {len(rows)} next tokens")
     return _save(fig, path)
 
 
+@_with_fonts
 def explain(
     cfg: Config,
     params,
@@ -217,9 +248,13 @@ def explain(
     continuation_tokens: int = 40,
     print_fn=print,
     stages: bool = False,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
 ) -> dict[str, Any]:
     """Walk one next-token prediction for `prompt`, printing each step; returns the numbers.
     PNGs go to out_dir (None: no figures). Raises ValueError if the prompt does not fit.
+    The sampled token is drawn at `temperature` after the top_k / top_p / min_p filters.
     `stages`: also section 6, every stage of every layer over the prompt and its greedy
     continuation (`explain_stages`)."""
     m = cfg.model
@@ -231,15 +266,16 @@ def explain(
             f"of {m.max_seq_len}"
         )
     pieces = [piece(tok, i) for i in tokens]
+    labels = pieces_lib.labels(tok, tokens)  # what each token reads as (see lm.pieces)
     out = Path(out_dir) if out_dir is not None else None
     rec = recorded_forward(params, m, tokens)
     pngs: list[str] = []
     say = print_fn
 
     say(f"== 1. tokens: {prompt!r} is {T} tokens (BOS first) ==")
-    say(f"{'pos':>5} {'id':>6}  piece")
-    for t, (i, p) in enumerate(zip(tokens, pieces, strict=True)):
-        say(f"{t:>5} {i:>6}  {p}")
+    say(f"{'pos':>5} {'id':>6}  {'text':<12} piece (the tokenizer's own spelling)")
+    for t, (i, lab, p) in enumerate(zip(tokens, labels, pieces, strict=True)):
+        say(f"{t:>5} {i:>6}  {lab:<12} {p}")
 
     embed = np.asarray(params["embed"], np.float32)
     say("\n== 2. embedding lookup ==")
@@ -262,10 +298,10 @@ def explain(
         w_NTS = rec["attention"][layer]
         say(f"layer {layer}: out {list(rec['layers'][layer].shape)}, |x| per position: "
             + " ".join(f"{v:.2f}" for v in norms[layer]))  # fmt: skip
-        most = [f"h{n}->{pieces[int(np.argmax(w_NTS[n, -1]))]!r}" for n in range(len(w_NTS))]
+        most = [f"h{n}->{labels[int(np.argmax(w_NTS[n, -1]))]!r}" for n in range(len(w_NTS))]
         say(f"  the last position attends most to: {', '.join(most)}")
         if out is not None:
-            pngs.append(plot_attention(w_NTS, pieces, layer, out / f"attention_layer{layer}.png"))
+            pngs.append(plot_attention(w_NTS, labels, layer, out / f"attention_layer{layer}.png"))
     if out is not None:
         say(f"attention heatmaps: {out}/attention_layer*.png")
 
@@ -278,6 +314,7 @@ def explain(
         {
             "id": int(i),
             "piece": piece(tok, int(i)),
+            "label": pieces_lib.next_label(tok, tokens, int(i)),
             "prob": float(probs[i]),
             "logit": float(last[i]),
         }
@@ -287,31 +324,20 @@ def explain(
     unembed = "embed.T (tied)" if m.tied_embeddings else "unembed"
     say(f"final norm, then x @ {unembed}: logits [T={T}, V={logits.shape[1]}]")
     say(f"the last row, [V={logits.shape[1]}], scores every possible next token; softmax:")
-    say(f"{'rank':>5} {'id':>6} {'prob':>7} {'logit':>8}  piece")
+    say(f"{'rank':>5} {'id':>6} {'prob':>7} {'logit':>8}  {'text':<12} piece")
     for r, row in enumerate(top, 1):
-        say(f"{r:>5} {row['id']:>6} {row['prob']:>7.4f} {row['logit']:>8.3f}  {row['piece']}")
+        say(f"{r:>5} {row['id']:>6} {row['prob']:>7.4f} {row['logit']:>8.3f}  "
+            f"{row['label']:<12} {row['piece']}")  # fmt: skip
     say(f"the top {TOP} hold {sum(r['prob'] for r in top):.3f} of the probability")
     if out is not None:
         pngs.append(plot_top(top, out / "top_tokens.png"))
         say(f"chart: {pngs[-1]}")
 
-    key = jax.random.PRNGKey(seed)
-    greedy = int(np.argmax(last))
-    drawn = int(sampling.sample_token(key, jnp.asarray(logits[-1:]), temperature)[0])
     say("\n== 5. choosing the next token ==")
-    say(f"greedy (temperature 0): {piece(tok, greedy)!r} (id {greedy}, p={probs[greedy]:.4f})")
-    say(
-        f"sampled at temperature {temperature} (seed {seed}): {piece(tok, drawn)!r} "
-        f"(id {drawn}, p={probs[drawn]:.4f})"
-    )
-    n = min(continuation_tokens, m.max_seq_len - T)
-    new: list[int] = []
-    if n >= 1:
-        new = sampling.generate(
-            params, m, [tokens], key, n, temperature, eos_id=tok.eos_id, pad_id=tok.pad_id
-        )[0]
-        say(f"continuing for {len(new)} tokens at temperature {temperature}:")
-        say(repr(prompt + tok.decode([i for i in new if i < tok.vocab_size])))
+    c = _choose(params, m, tok, tokens, logits[-1], probs, temperature, top_k, top_p, min_p,
+                seed, continuation_tokens)  # fmt: skip
+    for line in c.pop("lines"):
+        say(line)
     staged = None
     if stages:
         staged = explain_stages(cfg, params, tok, tokens, continuation_tokens, out, say)
@@ -327,10 +353,67 @@ def explain(
         "attention_shape": list(rec["attention"].shape),
         "logits_shape": list(logits.shape),
         "top": top,
+        "labels": labels,
+        **c,
+        "pngs": pngs,
+    }
+
+
+def _choose(params, m: ModelConfig, tok, tokens, last_V, probs_V, temperature, top_k, top_p,
+            min_p, seed, n_tokens) -> dict[str, Any]:  # fmt: skip
+    """Section 5: greedy against sampled, from one random draw.
+
+    The sampled continuation is `sampling.generate` with PRNGKey(seed), and the sampled
+    token is its first token (generate draws token 0 with fold_in(key, 0); when the context
+    has no room for a continuation the same draw is made directly). Its p is the probability
+    in the distribution it was drawn from: softmax of the processed logits."""
+    sampling.validate_sampling(temperature, top_k, top_p, min_p)
+    key = jax.random.PRNGKey(seed)
+    opts = dict(top_k=top_k, top_p=top_p, min_p=min_p)
+    greedy = int(np.argmax(probs_V))
+    n = min(n_tokens, m.max_seq_len - len(tokens))
+    gen = lambda t: sampling.generate(params, m, [tokens], key, n, t, eos_id=tok.eos_id,
+                                      pad_id=tok.pad_id, **(opts if t else {}))[0]  # fmt: skip
+    sampled_cont = gen(temperature) if n >= 1 else []
+    greedy_cont = gen(0.0) if n >= 1 else []
+    if sampled_cont:
+        drawn = int(sampled_cont[0])
+    else:
+        logits_1V = jnp.asarray(last_V[None])
+        drawn = int(sampling.sample_token(jax.random.fold_in(key, 0), logits_1V, temperature,
+                                          **opts)[0])  # fmt: skip
+    if temperature == 0:
+        drawn_p, how = 1.0, "greedy, so the choice is certain"
+    else:
+        z = np.asarray(sampling.process_logits(jnp.asarray(last_V[None]), temperature, **opts))
+        q = np.exp(z[0].astype(np.float64) - z[0].max())
+        drawn_p = float(q[drawn] / q.sum())
+        filters = [f"{k}={v}" for k, v in opts.items() if v is not None]
+        how = f"temperature {temperature}" + (", " + ", ".join(filters) if filters else "")
+    lab = lambda i: pieces_lib.next_label(tok, tokens, i)
+    text = lambda ids: tok.decode([i for i in ids if i < tok.vocab_size])
+    lines = [
+        f"greedy (temperature 0): {lab(greedy)!r} (id {greedy}, model p={probs_V[greedy]:.4f})",
+        f"sampled (seed {seed}, {how}): {lab(drawn)!r} (id {drawn}, p={drawn_p:.4f} in the "
+        f"distribution it was drawn from; model p={probs_V[drawn]:.4f})",
+    ]
+    if n >= 1:
+        lines += [
+            f"greedy continuation ({len(greedy_cont)} tokens): {text(greedy_cont)!r}",
+            f"  ids: {' '.join(map(str, greedy_cont))}",
+            f"sampled continuation ({len(sampled_cont)} tokens, from the same draw, so it "
+            f"starts with {lab(drawn)!r}): {text(sampled_cont)!r}",
+            f"  ids: {' '.join(map(str, sampled_cont))}",
+        ]
+    else:
+        lines.append("no room left in the context for a continuation")
+    return {
+        "lines": lines,
         "greedy": greedy,
         "sampled": drawn,
-        "continuation": new,
-        "pngs": pngs,
+        "sampled_p": drawn_p,
+        "continuation": [int(i) for i in sampled_cont],
+        "greedy_continuation": [int(i) for i in greedy_cont],
     }
 
 
@@ -341,6 +424,7 @@ def _rows(x_TD: np.ndarray, pieces: list[str], say, what: str) -> None:
         say(f"    {t:>3} {p:>6}  mean {v.mean():+.3f} std {v.std():.3f}  {_vec(v)}")
 
 
+@_with_fonts
 def plot_stages(rec: dict[str, np.ndarray], layer: int, pieces: list[str], path: Path) -> str:
     """One layer's stages as heatmaps, rows = positions: what each step writes."""
     names = ["x_in", "attn_norm", "q", "k", "v", "heads", "attn_out", "x_mid", "mlp_norm",
@@ -361,6 +445,7 @@ def plot_stages(rec: dict[str, np.ndarray], layer: int, pieces: list[str], path:
     return _save(fig, path)
 
 
+@_with_fonts
 def plot_output_probs(probs_TV: np.ndarray, rows: list[str], cols: list[str], path: Path) -> str:
     fig = _figure(1.5 + 0.6 * len(cols), 1.2 + 0.35 * len(rows))
     ax = fig.subplots()
@@ -376,6 +461,7 @@ def plot_output_probs(probs_TV: np.ndarray, rows: list[str], cols: list[str], pa
     return _save(fig, path)
 
 
+@_with_fonts
 def explain_stages(
     cfg: Config, params, tok, tokens: list[int], max_new: int, out: Path | None, say=print
 ) -> dict[str, Any]:
@@ -392,7 +478,7 @@ def explain_stages(
             pad_id=tok.pad_id,
         )[0]  # fmt: skip
     seq = tokens + [int(i) for i in new]
-    pieces = [piece(tok, i) for i in seq]
+    pieces = pieces_lib.labels(tok, seq)
     rec = recorded_stages(params, m, seq)
     pngs: list[str] = []
     P, T = len(tokens), len(seq)
@@ -483,6 +569,7 @@ def explain_stages(
     }
 
 
+@_with_fonts
 def embedding_similarity(
     params, tok, words: list[str], png: str | Path | None = None
 ) -> dict[str, Any]:

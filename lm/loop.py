@@ -14,6 +14,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,10 +29,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from lm import checkpoint, data, flops, sharding, train
+from lm import checkpoint, data, flops, runlock, sharding, train
 from lm import config as config_lib
 from lm.config import Config, ConfigError
-from lm.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer
+from lm.tokenizer import (
+    BYTE_FILE,
+    SP_FILE,
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+)
 
 # Keys that may differ when a run is resumed: they change how it runs, not what is learned.
 RESUMABLE_KEYS = {
@@ -55,6 +63,10 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+class RunDirError(ValueError):
+    """A run directory in a state training must not touch; the message is one line."""
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -71,38 +83,104 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def check_run_dir(cfg: Config, run_dir: Path) -> bool:
+    """Check cfg against the run directory's saved config, writing nothing. True when the
+    directory holds one (a resume)."""
+    saved_path = run_dir / checkpoint.CONFIG_FILE
+    if not saved_path.is_file():
+        return False
+    saved = _flat(config_lib.to_dict(config_lib.load(saved_path)))
+    now = _flat(config_lib.to_dict(cfg))
+    for k in sorted(set(saved) | set(now)):
+        if k not in RESUMABLE_KEYS and saved.get(k) != now.get(k):
+            raise ConfigError(
+                f"{k}={now.get(k)!r} differs from {saved.get(k)!r} in {saved_path}; "
+                "use a new --out directory (or the same config) to resume"
+            )
+    return True
+
+
 def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
     """Write the config, or check it against the saved one. True when resuming.
 
     Every process checks; only process 0 writes (hosts may share the run directory)."""
-    saved_path = run_dir / checkpoint.CONFIG_FILE
-    writer = jax.process_index() == 0
-    if saved_path.is_file():
-        saved = _flat(config_lib.to_dict(config_lib.load(saved_path)))
-        now = _flat(config_lib.to_dict(cfg))
-        for k in sorted(set(saved) | set(now)):
-            if k not in RESUMABLE_KEYS and saved.get(k) != now.get(k):
-                raise ConfigError(
-                    f"{k}={now.get(k)!r} differs from {saved.get(k)!r} in {saved_path}; "
-                    "use a new --out directory (or the same config) to resume"
-                )
-        if writer:
-            _write_text_atomic(saved_path, config_lib.dump(cfg))
-        return True
+    resuming = check_run_dir(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if writer:
-        _write_text_atomic(saved_path, config_lib.dump(cfg))
-    return False
+    if jax.process_index() == 0:
+        _write_text_atomic(run_dir / checkpoint.CONFIG_FILE, config_lib.dump(cfg))
+    return resuming
 
 
-def get_tokenizer(cfg: Config, run_dir: Path) -> Tokenizer:
+def has_tokenizer(run_dir: Path) -> bool:
+    return (run_dir / SP_FILE).is_file() or (run_dir / BYTE_FILE).is_file()
+
+
+def get_tokenizer(cfg: Config, run_dir: Path, save: bool = True) -> Tokenizer:
+    """The run directory's tokenizer; when it has none yet, cfg's, built (and with `save`,
+    saved there). A damaged tokenizer file is an error, never silently replaced: the weights
+    belong to it."""
+    if has_tokenizer(run_dir):
+        try:
+            return load_tokenizer(run_dir)
+        except ValueError as e:
+            raise RunDirError(str(e)) from None
     try:
-        return load_tokenizer(run_dir)
-    except (FileNotFoundError, ValueError):
         tok = build_tokenizer(cfg.data)
-        if jax.process_index() == 0:
-            save_tokenizer(tok, run_dir)
-        return tok
+    except ValueError as e:  # no text to train on, a vocabulary the corpus cannot fill, ...
+        raise ConfigError(str(e)) from None
+    if save and jax.process_index() == 0:
+        save_tokenizer(tok, run_dir)
+    return tok
+
+
+def _metric_steps(path: Path) -> list[int]:
+    steps = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill mid-write
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                steps.append(rec["step"])
+    return steps
+
+
+def check_resumable(cfg: Config, run_dir: Path, start: int, restart: bool) -> None:
+    """Refuse to train a run directory from `start` (0, or --init-from's step) when its
+    checkpoints are gone but its metrics show it got further: starting over would silently
+    replace that history. With `restart`, the old metrics.jsonl is kept under a new name and
+    training starts over.
+
+    "Gone" is certain when checkpoints/ is missing (train_run creates it before writing any
+    metrics line), or when the metrics pass 2 x train.ckpt_every beyond the start: by then a
+    save has finished (each save waits for the one before), so a run killed before its first
+    checkpoint is not mistaken for one whose checkpoints were deleted."""
+    metrics = run_dir / "metrics.jsonl"
+    ckpts = run_dir / checkpoint.CKPT_DIR
+    saved = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+    if saved:
+        if restart:
+            raise RunDirError(
+                f"--restart: {ckpts} holds checkpoints (the latest, step {max(saved)}); rerun "
+                "without --restart to resume from it, or train in a new --out directory"
+            )
+        return
+    steps = _metric_steps(metrics)
+    if restart:
+        if metrics.exists() and jax.process_index() == 0:
+            dest, k = metrics.with_name(metrics.name + ".before-restart"), 1
+            while dest.exists():
+                k += 1
+                dest = metrics.with_name(f"{metrics.name}.before-restart-{k}")
+            metrics.rename(dest)
+        return
+    if steps and (not ckpts.is_dir() or max(steps) > start + 2 * cfg.train.ckpt_every):
+        raise RunDirError(
+            f"{run_dir}: metrics.jsonl goes to step {max(steps)} but no checkpoint is left in "
+            f"{ckpts} to resume from; rerun with --restart to train again from step {start} "
+            "(metrics.jsonl is then kept as metrics.jsonl.before-restart)"
+        )
 
 
 def unigram_entropy(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab: int) -> float:
@@ -162,25 +240,33 @@ class Prefetcher:
     def __init__(self, make, starts: list[int], depth: int = 2):
         self.make, self.starts = make, deque(starts)
         self.results: dict[int, Any] = {}
+        self.error: BaseException | None = None
         self.cv = threading.Condition()
         self.depth = depth
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
-        while self.starts:
+        try:
+            while self.starts:
+                with self.cv:
+                    while len(self.results) >= self.depth:
+                        self.cv.wait()
+                s = self.starts.popleft()
+                b = self.make(s)
+                with self.cv:
+                    self.results[s] = b
+                    self.cv.notify_all()
+        except BaseException as e:  # handed to the consumer, which would otherwise wait forever
             with self.cv:
-                while len(self.results) >= self.depth:
-                    self.cv.wait()
-            s = self.starts.popleft()
-            b = self.make(s)
-            with self.cv:
-                self.results[s] = b
+                self.error = e
                 self.cv.notify_all()
 
     def get(self, s: int):
         with self.cv:
             while s not in self.results:
+                if self.error is not None:
+                    raise self.error
                 self.cv.wait()
             b = self.results.pop(s)
             self.cv.notify_all()
@@ -318,20 +404,27 @@ def train_run(
     print_fn=print,
     bar_position: int = 0,
     data_memo: dict | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume) the run in `run_dir`. `stop_after` ends early at that step, as a
     kill would (used by tests of resuming). `init_from=(other_run_dir, step)` starts a new run
     from another run's checkpoint (state and step), copying its metrics up to that step: how a
     sweep branches a cooldown off a WSD run's stable phase. `data_memo`: a dict the caller
     keeps across runs over the same corpus (a sweep's members) to hold the mapped tokens,
-    validation windows and unigram entropy, which cost ~0.6 s a run to redo. Returns a summary
-    of the last eval."""
+    validation windows and unigram entropy, which cost ~0.6 s a run to redo. `restart`: train
+    from the start although the metrics show the run got further once (its checkpoints were
+    deleted); see `check_resumable`. Returns a summary of the last eval.
+
+    Process 0 holds `run_dir` locked (lm.runlock) from its first write to the end, so a second
+    process on the same directory is refused instead of writing every line twice."""
     t_begin = time.perf_counter()
     run_dir = Path(run_dir)
     t_cfg = cfg.train
     is_main = jax.process_index() == 0
-    resuming = prepare_run_dir(cfg, run_dir)
-    tok = get_tokenizer(cfg, run_dir)
+    # Every check of the inputs comes before anything is written to run_dir: a mistake leaves
+    # no half-made run directory behind to refuse the corrected command.
+    check_run_dir(cfg, run_dir)
+    tok = get_tokenizer(cfg, run_dir, save=False)
     if cfg.model.vocab_size < tok.vocab_size:
         raise ConfigError(
             f"model.vocab_size={cfg.model.vocab_size}: smaller than the tokenizer's "
@@ -342,14 +435,63 @@ def train_run(
 
     def cached(key, make):
         if key not in memo:
-            memo[key] = make()
+            try:
+                memo[key] = make()
+            except ValueError as e:  # the corpus cannot make this run: empty, binary, tiny
+                why = str(e)
+                if not why.startswith("data.source="):
+                    why = f"data.source={cfg.data.source!r}: {why}"
+                raise ConfigError(why) from None
         return memo[key]
 
     tokens = cached(dkey, lambda: data.prepare_data(cfg.data, tok, progress=progress and is_main))
+    if len(tokens.train) < t_cfg.seq_len + 1:
+        raise ConfigError(
+            f"data.source={cfg.data.source!r}: the training split has {len(tokens.train)} "
+            f"tokens, fewer than one window of train.seq_len + 1 = {t_cfg.seq_len + 1}; use "
+            "more text or a smaller train.seq_len"
+        )
     windows = cached(
         (dkey, t_cfg.eval_windows, t_cfg.seq_len),
         lambda: data.val_windows(tokens.val, t_cfg.eval_windows, t_cfg.seq_len),
     )
+    uni = cached(
+        (dkey, cfg.model.vocab_size),
+        lambda: unigram_entropy(tokens.train, tokens.val, cfg.model.vocab_size),
+    )
+    lock = runlock.hold(run_dir, warn=print_fn) if is_main else contextlib.nullcontext()
+    with lock:
+        start = init_from[1] if init_from is not None else 0
+        check_resumable(cfg, run_dir, int(start), restart)
+        resuming = prepare_run_dir(cfg, run_dir)
+        if is_main and not has_tokenizer(run_dir):
+            save_tokenizer(tok, run_dir)
+        return _train(
+            cfg, run_dir, tok, tokens, windows, uni, resuming=resuming, t_begin=t_begin,
+            progress=progress, stop_after=stop_after, init_from=init_from, print_fn=print_fn,
+            bar_position=bar_position,
+        )  # fmt: skip
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    tok: Tokenizer,
+    tokens: data.TokenData,
+    windows: np.ndarray,
+    uni: float,
+    *,
+    resuming: bool,
+    t_begin: float,
+    progress: bool,
+    stop_after: int | None,
+    init_from: tuple[str | Path, int] | None,
+    print_fn,
+    bar_position: int,
+) -> dict[str, Any]:
+    """train_run's work once its inputs are checked and its directory is held."""
+    t_cfg = cfg.train
+    is_main = jax.process_index() == 0
     token_bytes = np.zeros(cfg.model.vocab_size, np.int32)
     token_bytes[: tok.vocab_size] = tok.token_bytes()
     n_train = len(tokens.train)
@@ -367,10 +509,6 @@ def train_run(
     peak_source = "train.peak_flops" if t_cfg.peak_flops else (
         f"measured once, cached in {Path(cfg.data.cache_dir).expanduser() / 'peak_flops.json'}"
     )  # fmt: skip
-    uni = cached(
-        (dkey, cfg.model.vocab_size),
-        lambda: unigram_entropy(tokens.train, tokens.val, cfg.model.vocab_size),
-    )
 
     timings = {"setup": 0.0, "compile": 0.0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0}
     t1 = time.perf_counter()
@@ -378,15 +516,27 @@ def train_run(
     timings["compile"] += time.perf_counter() - t1
     mesh, abstract, shardings = progs.mesh, progs.abstract, progs.shardings
     mgr = checkpoint.manager(run_dir, keep=t_cfg.keep_ckpts)
-    latest = mgr.latest_step()
+    try:
+        warn = print_fn if is_main else (lambda *_: None)
+        state, latest = checkpoint.restore_latest(
+            mgr, abstract, shardings, warn, move_aside=is_main
+        )
+    except checkpoint.CheckpointError as e:
+        mgr.close()
+        raise checkpoint.CheckpointError(
+            f"{e}; move {run_dir / checkpoint.CKPT_DIR} aside and rerun with --restart to "
+            "train from the start"
+        ) from None
+    saved_step = latest  # the newest checkpoint of this run on disk, for the NaN message
     if latest is not None:
-        state = checkpoint.restore(mgr, latest, abstract, shardings)
         start = int(latest)
     elif init_from is not None:
         src_dir, src_step = Path(init_from[0]), int(init_from[1])
         src = checkpoint.manager(src_dir, read_only=True)
-        state = checkpoint.restore(src, src_step, abstract, shardings)
-        src.close()
+        try:
+            state = checkpoint.restore(src, src_step, abstract, shardings)
+        finally:
+            src.close()
         start = src_step
         if is_main and (src_dir / "metrics.jsonl").is_file():
             lines = (src_dir / "metrics.jsonl").read_text().splitlines()
@@ -475,9 +625,14 @@ def train_run(
             bad = [s0 + int(i) + 1 for i in np.flatnonzero(~np.isfinite(m["loss"]))]
             bad += [s0 + int(i) + 2 for i in np.flatnonzero(~np.isfinite(m["param_norm"]))]
             if bad:
+                kept = (
+                    f"The last good checkpoint, step {saved_step}, is kept in "
+                    f"{run_dir / checkpoint.CKPT_DIR}"
+                    if saved_step is not None
+                    else "No checkpoint of this run had been written yet"
+                )
                 raise TrainingDiverged(
-                    f"loss became non-finite at step {min(bad)}; stopped. The last good "
-                    f"checkpoint is kept in {run_dir / checkpoint.CKPT_DIR}"
+                    f"loss became non-finite at step {min(bad)}; stopped. {kept}"
                 )
         m = got[-1][1]
         dt = time.perf_counter() - window_t0
@@ -552,6 +707,7 @@ def train_run(
             if s % t_cfg.ckpt_every == 0 or is_last:
                 t1 = time.perf_counter()
                 checkpoint.save(mgr, s, state)
+                saved_step = s
                 timings["checkpoint"] += time.perf_counter() - t1
                 window_t0 += time.perf_counter() - t1
             if bar is not None:
@@ -567,12 +723,18 @@ def train_run(
                 is_main and log.path.is_file()) else []  # fmt: skip
             if not any(r.get("step") == start and "val_loss" in r for r in logged):
                 log.write(last_eval)
-    finally:
-        mgr.wait_until_finished()
-        mgr.close()
-        log.close()
-        if bar is not None:
-            bar.close()
+    except BaseException:
+        # The first error is the one to report: closing after a failed save (a full disk)
+        # fails again, and would replace it.
+        closers = [lambda: checkpoint.close(mgr), log.close] + ([bar.close] if bar else [])
+        for close in closers:
+            with contextlib.suppress(Exception):
+                close()
+        raise
+    checkpoint.close(mgr)
+    log.close()
+    if bar is not None:
+        bar.close()
 
     summary = {
         "run_dir": str(run_dir),

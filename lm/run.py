@@ -12,13 +12,17 @@ JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: st
 raw little-endian tensor bytes, offsets counted from the end of the header. Weights are named
 by their path in the params dict ("layers.wq" is [L, D, N, H]; shape letters as in lm.model).
 Our metadata: format, format_version, kind (transformer | bigram), config (the run's resolved
-config as JSON) and tokenizer (byte | sentencepiece; its proto is the uint8 "tokenizer.proto").
-Nothing in a file is ever executed: every size and offset is checked against the file first.
+config as JSON), tokenizer (byte | sentencepiece; its proto is the uint8 "tokenizer.proto") and,
+from format_version 2, sha256: the SHA-256 of the other metadata and every tensor's bytes (see
+`digest`), so a flipped bit fails to load instead of running as garbage. Version 1 files (no
+digest) are still read. Nothing in a file is ever executed: every size and offset is checked
+against the file first.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -27,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT, VERSION = "lm-model", "1"
+FORMAT, VERSION = "lm-model", "2"
+READABLE = ("1", "2")  # 1: before the digest
 DTYPES = {"F32": "<f4", "F16": "<f2", "U8": "u1"}
 DEFAULT_NEW_TOKENS = 200
 
@@ -53,16 +58,21 @@ def read_model_file(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         raise bad(f"header length {n} does not fit in {len(data)} bytes: truncated or foreign")
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
-        meta = header.pop("__metadata__", None)
-    except (ValueError, AttributeError, RecursionError):
+    except (ValueError, RecursionError):
         raise bad("the header is not safetensors JSON") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    meta = header.pop("__metadata__", None)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise bad("no lm metadata; write one with `lm export`")
-    if meta.get("format_version") != VERSION:
-        raise bad(f"format_version {meta.get('format_version')!r}, this code reads {VERSION}")
+    if meta.get("format_version") not in READABLE:
+        raise bad(
+            f"format_version {meta.get('format_version')!r}, this code reads "
+            f"{' and '.join(READABLE)}"
+        )
     body, tensors = memoryview(data)[8 + n :], {}
     for name, t in header.items():
-        ok = isinstance(t, dict) and t.get("dtype") in DTYPES and _ints(t.get("shape"))
+        ok = isinstance(t, dict) and str(t.get("dtype")) in DTYPES and _ints(t.get("shape"))
         if not (ok and _ints(t.get("data_offsets")) and len(t["data_offsets"]) == 2):
             raise bad(f"tensor {name!r}: malformed header entry")
         dtype, (begin, end) = np.dtype(DTYPES[t["dtype"]]), t["data_offsets"]
@@ -71,7 +81,8 @@ def read_model_file(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
             raise bad(f"tensor {name!r}: bytes {begin}..{end} do not fit its shape or the file")
         tensors[name] = np.frombuffer(body, dtype, count, begin).reshape(t["shape"])
     try:
-        meta = {**meta, "config": json.loads(meta["config"])}
+        config_text = meta["config"]
+        meta = {**meta, "config": json.loads(config_text)}
         expected = param_shapes(meta["kind"], meta["config"]["model"])
     except (ValueError, TypeError, KeyError, ZeroDivisionError):
         raise bad("config metadata missing or malformed") from None
@@ -79,7 +90,25 @@ def read_model_file(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     for k in sorted(expected.keys() | got.keys()):
         if expected.get(k) != got.get(k):
             raise bad(f"tensor {k}: shape {got.get(k)} where the config needs {expected.get(k)}")
+    if meta["format_version"] != "1":
+        raw_meta = {k: v for k, v in meta.items() if k != "config"} | {"config": config_text}
+        if meta.get("sha256") != digest(raw_meta, tensors):
+            raise ModelFileError(
+                f"{path}: corrupted: its weights or metadata do not match the SHA-256 digest "
+                "in its header; export it again"
+            )
     return meta, tensors
+
+
+def digest(meta: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the metadata (all but "sha256" itself) and every tensor's name and bytes, in
+    name order: what a model file's "sha256" holds. Independent of the byte layout."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"},
+                                  sort_keys=True).encode())  # fmt: skip
+    for name in sorted(tensors):
+        h.update(name.encode("utf-8") + b"\0")
+        h.update(np.ascontiguousarray(tensors[name]).data)
+    return h.hexdigest()
 
 
 def _ints(x) -> bool:
@@ -98,10 +127,18 @@ def param_shapes(kind: str, m: dict) -> dict[str, tuple[int, ...]]:
     choices |= {"mlp": ("gelu", "swiglu")}
     if kind != "transformer" or any(m[k] not in v for k, v in choices.items()) or N % K:
         raise ValueError(kind)
-    if not all(type(m[k]) in (int, float) for k in ("norm_eps", "rope_theta")):
-        raise ValueError("norm_eps, rope_theta")
-    if m.get("rope_scaling", "none") not in ("none", "linear", "llama3"):
+    # The numbers the forward pass uses, as lm.config.validate bounds them.
+    nums = {k: m[k] for k in ("norm_eps", "rope_theta")}
+    scaling = m.get("rope_scaling", "none")
+    if scaling not in ("none", "linear", "llama3"):
         raise ValueError("rope_scaling")
+    if scaling != "none":
+        for k in ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+            nums[k] = m[k]
+        nums["span"] = (m["rope_high_freq_factor"] - m["rope_low_freq_factor"]) or 1
+        nums["original"] = m["rope_original_max_seq_len"]
+    if not all(type(v) in (int, float) and 0 < v < math.inf for v in nums.values()):
+        raise ValueError(", ".join(nums))
     H = D // N
     F = m["d_ff"] or (-(-(8 * D // 3) // 64) * 64 if m["mlp"] == "swiglu" else 4 * D)
     s = {"embed": (V, D), "layers.wq": (L, D, N, H), "layers.wk": (L, D, K, H)}
@@ -126,15 +163,24 @@ def make_tokenizer(meta: dict, tensors: dict[str, np.ndarray]):
     from lm.tokenizer import ByteTokenizer, SentencePieceTokenizer
 
     if meta.get("tokenizer") == "byte":
-        return ByteTokenizer()
-    if meta.get("tokenizer") != "sentencepiece" or "tokenizer.proto" not in tensors:
+        tok = ByteTokenizer()
+    elif meta.get("tokenizer") != "sentencepiece" or "tokenizer.proto" not in tensors:
         raise ModelFileError(f"tokenizer {meta.get('tokenizer')!r}: expected byte or sentencepiece")
-    try:
-        return SentencePieceTokenizer(tensors["tokenizer.proto"].tobytes())
-    except ImportError:
-        raise ModelFileError("this model's tokenizer needs: pip install sentencepiece") from None
-    except ValueError as e:
-        raise ModelFileError(f"tokenizer.proto: {e}") from None
+    else:
+        try:
+            tok = SentencePieceTokenizer(tensors["tokenizer.proto"].tobytes())
+        except ImportError:
+            raise ModelFileError(
+                "this model's tokenizer needs: pip install sentencepiece"
+            ) from None
+        except ValueError as e:
+            raise ModelFileError(f"tokenizer.proto: {e}") from None
+    V = meta["config"]["model"]["vocab_size"]
+    if tok.vocab_size > V:  # ids past the embedding would index out of it
+        raise ModelFileError(
+            f"tokenizer has {tok.vocab_size} ids but the model's config.model.vocab_size is {V}"
+        )
+    return tok
 
 
 # ---------------------------------------------------------------- the forward pass
@@ -245,23 +291,41 @@ def bigram(w: dict) -> Callable[[list[int]], np.ndarray]:
 # ---------------------------------------------------------------- sampling and streaming
 
 
-def sample(logits_V, temperature: float, top_k: int | None, rng: np.random.Generator) -> int:
-    """Greedy at temperature 0; else softmax(logits / T) over the top k (ties at the k-th kept)."""
+def sample(logits_V, temperature: float, top_k: int | None, rng: np.random.Generator,
+           top_p: float | None = None, min_p: float | None = None) -> int:  # fmt: skip
+    """Greedy at temperature 0; else softmax of `filtered` logits."""
     if temperature == 0:
         return int(np.argmax(logits_V))
-    z_V = logits_V.astype(np.float64) / temperature
-    if top_k is not None:
-        z_V = np.where(z_V >= np.sort(z_V)[-min(top_k, len(z_V))], z_V, -np.inf)
+    z_V = filtered(logits_V, temperature, top_k, top_p, min_p)
     p_V = np.exp(z_V - z_V.max())
     return int(rng.choice(len(p_V), p=p_V / p_V.sum()))
 
 
+def filtered(logits_V, temperature: float, top_k=None, top_p=None, min_p=None) -> np.ndarray:
+    """logits / T (T > 0), then top-k (ties at the k-th kept), top-p (the smallest top set
+    with mass >= p) and min-p (prob >= min_p * the top prob), in lm.sampling's order and with
+    its cut-off rules; removed tokens are -inf."""
+    z_V = logits_V.astype(np.float64) / temperature
+    if top_k is not None:
+        z_V = np.where(z_V >= np.sort(z_V)[-min(top_k, len(z_V))], z_V, -np.inf)
+    if top_p is not None and top_p < 1:
+        desc = np.sort(z_V)[::-1]
+        q = np.exp(desc - desc[0])
+        q /= q.sum()
+        n_keep = max(int(((np.cumsum(q) - q) < top_p).sum()), 1)
+        z_V = np.where(z_V >= desc[n_keep - 1], z_V, -np.inf)
+    if min_p is not None and min_p > 0:  # min_p 0 keeps every token
+        z_V = np.where(z_V >= z_V.max() + np.log(min_p), z_V, -np.inf)
+    return z_V
+
+
 def generate(step, prompt: list[int], max_new_tokens: int, temperature=0.0, top_k=None, seed=0,
-             eos_id: int | None = None) -> Iterator[int]:  # fmt: skip
+             eos_id: int | None = None, top_p: float | None = None,
+             min_p: float | None = None) -> Iterator[int]:  # fmt: skip
     """New tokens one at a time (stopping after EOS), from a fresh `transformer`/`bigram` step."""
     rng, logits_V = np.random.default_rng(seed), step(prompt)
     for i in range(max_new_tokens):
-        tok = sample(logits_V, temperature, top_k, rng)
+        tok = sample(logits_V, temperature, top_k, rng, top_p, min_p)
         yield tok
         if tok == eos_id or i == max_new_tokens - 1:
             return
@@ -315,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, help="default: as many as fit, up to 200")
     ap.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     ap.add_argument("--top-k", type=int, help="sample from the k likeliest tokens only")
+    ap.add_argument("--top-p", type=float, help="nucleus: the smallest top set with mass >= p")
+    ap.add_argument("--min-p", type=float, help="keep tokens with prob >= min_p * the top prob")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = ap.parse_args(argv)
     try:
@@ -322,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             raise RequestError(f"--temperature {args.temperature}: must be >= 0 (0: greedy)")
         if args.top_k is not None and args.top_k < 1:
             raise RequestError(f"--top-k {args.top_k}: must be >= 1")
+        if args.top_p is not None and not 0 < args.top_p <= 1:
+            raise RequestError(f"--top-p {args.top_p}: must be in (0, 1]")
+        if args.min_p is not None and not 0 <= args.min_p < 1:
+            raise RequestError(f"--min-p {args.min_p}: must be in [0, 1)")
         meta, w = read_model_file(args.model)
         tok, m = make_tokenizer(meta, w), meta["config"]["model"]
         prompt = [tok.bos_id, *tok.encode(args.prompt)]
@@ -331,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     step = bigram(w) if meta["kind"] == "bigram" else transformer(w, m, len(prompt) + n)
-    new = generate(step, prompt, n, args.temperature, args.top_k, args.seed, tok.eos_id)
+    new = generate(step, prompt, n, args.temperature, args.top_k, args.seed, tok.eos_id,
+                   args.top_p, args.min_p)  # fmt: skip
     print(args.prompt, end="", flush=True)
     for text in stream_text(decoder(tok), ([t] for t in new)):
         print(text, end="", flush=True)

@@ -294,16 +294,22 @@ def _decode_attention(p, x_BD, pos_B, k_BSKH, v_BSKH, cfg: ModelConfig):
     return out_BD, k_BKH, v_BKH
 
 
-def _decode_forward(params, cfg, tok_B, pos_B, cache: model.KVCache):
+def _decode_forward(params, cfg, tok_B, pos_B, cache: model.KVCache, span: int | None = None):
     """One decode step for every sequence: logits [B, V] and the cache with pos_B filled.
 
     A scan over layers with the stacked cache as xs and each layer's new key/value as ys;
     the ys then go into the cache with one scatter, in place on the while-loop carry.
+    The B sequences are the cache's first B rows (lm.engine passes a larger cache whose idle
+    rows are skipped), and with `span` (static) only the first `span` slots are read, which
+    must cover every pos_B: decoding reads the whole cache each step, so this is its cost.
     """
     x_BD = model.embed(params, tok_B[:, None], pos_B[:, None], cfg)[:, 0]
+    B = tok_B.shape[0]
 
     def layer(x_BD, xs):
         p, k_BSKH, v_BSKH = xs
+        if span is not None or B != k_BSKH.shape[0]:  # per layer: no copy of the whole cache
+            k_BSKH, v_BSKH = k_BSKH[:B, :span], v_BSKH[:B, :span]
         h_BD = model._norm(p["attn_norm"], x_BD, cfg)
         a_BD, k_BKH, v_BKH = _decode_attention(p, h_BD, pos_B, k_BSKH, v_BSKH, cfg)
         x_BD = x_BD + a_BD
@@ -313,7 +319,7 @@ def _decode_forward(params, cfg, tok_B, pos_B, cache: model.KVCache):
     x_BD, (k_LBKH, v_LBKH) = jax.lax.scan(
         layer, x_BD, (params["layers"], cache.k_LBSKH, cache.v_LBSKH)
     )
-    b_B = jnp.arange(tok_B.shape[0])
+    b_B = jnp.arange(B)
     cache = model.KVCache(
         cache.k_LBSKH.at[:, b_B, pos_B].set(k_LBKH), cache.v_LBSKH.at[:, b_B, pos_B].set(v_LBKH)
     )

@@ -102,6 +102,15 @@ def open_run(run: str) -> tuple[Any, Any, Any]:
     return cfg, tok, load_params
 
 
+def read_prompt(args) -> str:
+    """--prompt, or standard input when it is '-' (read once, kept in args.prompt)."""
+    if args.prompt == "-":
+        import sys
+
+        args.prompt = sys.stdin.read()
+    return args.prompt
+
+
 def _encode(tok, prompt: str) -> list[int]:
     """BOS, then the prompt's tokens (an empty prompt is just BOS, as documents begin)."""
     try:
@@ -136,7 +145,7 @@ def check_sampling(args) -> None:
 def cmd_sample(args) -> int:
     check_sampling(args)
     cfg, tok, load = open_run(args.run)
-    prompt = _encode(tok, args.prompt)
+    prompt = _encode(tok, read_prompt(args))
     limit = None if cfg.kind == "bigram" else cfg.model.max_seq_len
     try:
         n = new_token_budget(len(prompt), limit, args.max_new_tokens)
@@ -171,11 +180,11 @@ def cmd_sample(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise _usage(f"--temperature {args.temperature}: must be >= 0 (0 means greedy)")
+    args.num_samples = 1
+    check_sampling(args)
     cfg, tok, load = open_run(args.run)
     _need_transformer(cfg, args.run, "inspect")
-    prompt = _encode(tok, args.prompt)
+    prompt = _encode(tok, read_prompt(args))
     if len(prompt) > cfg.model.max_seq_len:
         raise _usage(
             f"--prompt is {len(prompt)} tokens (with BOS), more than the model's context "
@@ -186,7 +195,7 @@ def cmd_inspect(args) -> int:
 
     inspect.explain(
         cfg, load(), tok, args.prompt, args.temperature, args.seed, out, args.tokens,
-        stages=args.stages,
+        stages=args.stages, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
     )  # fmt: skip
     return 0
 
@@ -211,9 +220,27 @@ def cmd_embed_sim(args) -> int:
         return 0
     print("cosine similarity of token embeddings (mean over each word's tokens):")
     print(inspect.format_similarity(result))
+    note = byte_vocab_note(tok, args.words)
+    if note:
+        print(note)
     ev = result["explained_variance"]
     print(f"PCA scatter ({ev[0]:.0%} + {ev[1]:.0%} of the variance): {result['png']}")
     return 0
+
+
+def byte_vocab_note(tok, words: list[str]) -> str | None:
+    """On a vocabulary of bytes (or of single symbols), a word's vector is the mean of its
+    letters' rows, so the similarity measures shared letters, not meaning: say so."""
+    from lm.tokenizer import ByteTokenizer
+
+    single = all(len(tok.encode(w)) == len(w.encode("utf-8")) for w in words)
+    if isinstance(tok, ByteTokenizer) or single:
+        return (
+            "note: this vocabulary is bytes, so each word is the mean of its letters' (UTF-8 "
+            "bytes') embeddings: the similarity measures shared letters, not meaning. A "
+            "sentencepiece run (data.tokenizer=bpe) has whole-word tokens to compare."
+        )
+    return None
 
 
 def cmd_export(args) -> int:
@@ -258,7 +285,9 @@ def add_parsers(sub: Any) -> None:
         epilog=CONTEXT_HELP,
     )
     s.add_argument("--run", required=True, help=RUN_HELP)
-    s.add_argument("--prompt", default="", help="text to continue (default: empty, just BOS)")
+    s.add_argument(
+        "--prompt", default="", help="text to continue; '-' reads stdin (default: empty, just BOS)"
+    )
     s.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
     s.add_argument("--top-k", type=int, help="keep the k likeliest tokens (k >= 1)")
     s.add_argument("--top-p", type=float, help="nucleus: the smallest top set with mass >= p")
@@ -278,12 +307,18 @@ def add_parsers(sub: Any) -> None:
         description="Show how the model predicts the token after --prompt: the tokens, the "
         "embedding lookup, each layer's output and attention pattern (heatmap PNGs), the "
         "logits and the top-10 next tokens (table and bar chart), and the greedy choice "
-        "against a sampled one, with a short continuation.",
+        "against a sampled one (one random draw gives the sampled token and the sampled "
+        "continuation; its p is the one it was drawn with), with both continuations and "
+        "their ids. Tokens are shown as the text they decode to; a token holding part of a "
+        "character shows that character and its bytes, e.g. こ[E3].",
         epilog="The prompt (with BOS) must fit in the model's max_seq_len.",
     )
     i.add_argument("--run", required=True, help=RUN_HELP)
-    i.add_argument("--prompt", default="", help="text whose next token to explain")
+    i.add_argument("--prompt", default="", help="text whose next token to explain ('-': stdin)")
     i.add_argument("--temperature", type=float, default=0.8, help="for the sampled choice")
+    i.add_argument("--top-k", type=int, help="for the sampled choice: keep the k likeliest")
+    i.add_argument("--top-p", type=float, help="for the sampled choice: nucleus mass p")
+    i.add_argument("--min-p", type=float, help="for the sampled choice: min_p * the top prob")
     i.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     i.add_argument("--tokens", type=int, default=40, help="continuation length (default 40)")
     i.add_argument("--out", help="directory for the PNGs (default: RUN/inspect)")
@@ -300,7 +335,8 @@ def add_parsers(sub: Any) -> None:
         help="cosine similarity of words' token embeddings, and a 2-D PCA plot",
         description="Compare words by the model's input embeddings: each word is the mean of "
         "its tokens' embedding rows. Prints the pairwise cosine similarity matrix and plots the "
-        "words on their first two principal components (numpy SVD).",
+        "words on their first two principal components (numpy SVD). On a byte vocabulary a "
+        "word's tokens are its letters, so this measures shared letters, and it says so.",
     )
     e.add_argument("--run", required=True, help=RUN_HELP)
     e.add_argument("words", nargs="+", help="words (or any strings) to compare")
@@ -319,3 +355,7 @@ def add_parsers(sub: Any) -> None:
     x.add_argument("--run", required=True, help="run directory")
     x.add_argument("--out", required=True, help="file to write, e.g. model.lm")
     x.set_defaults(func=cmd_export)
+
+    from lm.serve_cli import add_parsers as add_serve_parsers
+
+    add_serve_parsers(sub)

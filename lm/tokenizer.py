@@ -308,6 +308,9 @@ def train_sentencepiece(
             add_dummy_prefix=False,
             remove_extra_whitespaces=False,
             allow_whitespace_only_pieces=True,  # indentation runs become single pieces
+            # Without a '▁' piece (text without spaces: Japanese, Chinese) a space would fall
+            # back to the bytes of '▁' and decode as '▁', not as a space.
+            required_chars=SPACE,
             split_digits=True,
             character_coverage=0.9995,  # rarer characters fall back to bytes
             pad_id=SP_PAD,
@@ -596,7 +599,7 @@ def build_tokenizer(cfg: DataConfig) -> Tokenizer:
         # these change which documents form the training split the sample is drawn from
         "val_fraction": cfg.val_fraction,
         "max_docs": cfg.max_docs,
-        "version": 1,  # bump when the training options above change
+        "version": 2,  # bump when the training options above change
     }
     digest = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=10).hexdigest()
     d = (

@@ -35,6 +35,17 @@ def _err(overrides, raw=None):
         (["data.tokenizer=bpe", "data.tokenizer_vocab=4096"], "model.vocab_size=259"),
         (["mesh.data=-1", "mesh.fsdp=-1"], "mesh"),
         (["train.beta2=1.0"], "train.beta2=1.0"),
+        # values that pass a `> 0` check yet cannot be trained with
+        (["train.seed=-1"], "train.seed=-1"),
+        (["train.seed=1e20"], "train.seed=100000000000000000000"),
+        (["train.lr=inf"], "train.lr=inf"),
+        (["model.init_std=.inf"], "model.init_std=inf"),
+        (["train.peak_flops=inf"], "train.peak_flops=inf"),
+        (["model.d_model=1e30"], "model.d_model="),
+        (["preset=llama", "model.rope_theta=-10000"], "model.rope_theta=-10000.0"),
+        (["preset=gpt2", "model=3"], "model: expected a mapping, got 3"),
+        (["data.source=~no-such-user-here/corpus"], "data.source='~no-such-user-here/corpus'"),
+        (["data.cache_dir=~no-such-user-here"], "data.cache_dir='~no-such-user-here'"),
     ],
 )
 def test_bad_values_name_the_key(override, culprit):

@@ -325,3 +325,43 @@ def test_runner_rejects_bad_requests(byte_file):
     ):
         _one_line_error(_runner(byte_file, "hi", *args))
     _one_line_error(_runner(byte_file, "x" * 80))  # longer than max_seq_len 64
+
+
+def test_runner_top_p_and_min_p_match_the_jax_filters():
+    """lm.run's numpy filters keep exactly the tokens lm.sampling's keep."""
+    logits = np.random.default_rng(0).normal(size=(64,)).astype(np.float32) * 3
+    sizes = set()
+    for top_k, top_p, min_p in ((None, 0.5, None), (None, None, 0.2), (9, 0.9, 0.05),
+                                (None, 1.0, 0.0)):  # fmt: skip
+        z = sampling.process_logits(logits[None], 0.7, top_k, top_p, min_p)
+        want = np.isfinite(np.asarray(z[0]))
+        got = np.isfinite(run.filtered(logits, 0.7, top_k, top_p, min_p))
+        np.testing.assert_array_equal(got, want, err_msg=str((top_k, top_p, min_p)))
+        sizes.add(int(want.sum()))
+    assert len(sizes) == 4 and 64 in sizes  # four different cuts, one keeping everything
+    rng = np.random.default_rng(1)
+    kept = np.flatnonzero(np.isfinite(run.filtered(logits, 1.0, None, 0.5)))
+    assert {run.sample(logits, 1.0, None, rng, 0.5) for _ in range(200)} <= set(kept.tolist())
+
+
+def test_runner_cli_takes_top_p_and_min_p(byte_file):
+    for extra, ok in ((["--top-p", "0.5", "--min-p", "0.1"], True), (["--top-p", "0"], False)):
+        r = subprocess.run(
+            [sys.executable, "-m", "lm.run", str(byte_file), "a", "--max-new-tokens", "3", *extra],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert (r.returncode == 0) == ok, r.stderr
+        assert ok or r.stderr.strip().splitlines() == ["error: --top-p 0.0: must be in (0, 1]"]
+
+
+def test_export_hf_of_a_byte_run_writes_a_working_tokenizer(trained, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="needs the convert extra")
+    assert cli.main(["export-hf", "--run", str(trained), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    fast = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = 'def f():\n    return "こんにちは 世界" 😀'
+    ids = fast(text)["input_ids"]
+    tok = ByteTokenizer()
+    assert ids == [tok.bos_id, *tok.encode(text)]
+    assert fast.decode(ids, skip_special_tokens=True) == text
+    assert (fast.bos_token_id, fast.eos_token_id, fast.pad_token_id) == (257, 258, 256)

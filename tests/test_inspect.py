@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny import tiny_cfg
 
-from lm import checkpoint, cli, config, export, inspect, loop, model, run
+from lm import checkpoint, cli, config, export, inspect, loop, model, run, sampling
 
 PROMPT = "def add(a, b):"
 
@@ -133,3 +133,75 @@ def test_cli_inspect_and_embed_sim(trained, tmp_path, capsys):
         assert cli.main(bad) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_one_draw_gives_the_sampled_token_and_its_continuation(trained):
+    _, cfg, params, tok = trained
+    lines = []
+    out = inspect.explain(cfg, params, tok, "class Foo", temperature=1.2, seed=3, top_k=50,
+                          continuation_tokens=8, print_fn=lines.append)  # fmt: skip
+    tokens = out["tokens"]
+    assert out["continuation"][0] == out["sampled"]  # the same random draw
+    key = jax.random.PRNGKey(3)
+    ids = dict(eos_id=tok.eos_id, pad_id=tok.pad_id)
+    sampled = sampling.generate(params, cfg.model, [tokens], key, 8, 1.2, top_k=50, **ids)[0]
+    greedy = sampling.generate(params, cfg.model, [tokens], key, 8, 0.0, **ids)[0]
+    assert out["continuation"] == sampled and out["greedy_continuation"] == greedy
+    # p is the probability in the distribution it was drawn from: temperature, then top-k
+    logits = np.asarray(model.apply(params, np.asarray([tokens]), cfg.model), np.float64)[0, -1]
+    z = logits / 1.2
+    z = np.where(z >= np.sort(z)[-50], z, -np.inf)
+    assert out["sampled_p"] == pytest.approx(_softmax(z)[out["sampled"]], rel=1e-4)
+    text = "\n".join(lines)
+    assert f"ids: {' '.join(map(str, out['continuation']))}" in text
+    assert f"ids: {' '.join(map(str, out['greedy_continuation']))}" in text
+    assert "in the distribution it was drawn from" in text
+
+
+@pytest.fixture
+def glyphs_are_errors():
+    """matplotlib warns 'Glyph ... missing from font(s)'; here that fails the test."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*missing from font")
+        yield
+
+
+def test_japanese_figures_have_every_glyph(trained, tmp_path, glyphs_are_errors):
+    from matplotlib.figure import Figure
+
+    from lm import fonts
+
+    if fonts.cjk_font_path() is None:
+        pytest.skip("no CJK font: pip install matplotlib-fontja (a core dependency)")
+    # the check can fail: DejaVu Sans alone has no kana
+    with pytest.raises(UserWarning, match="missing from font"):
+        fig = Figure()
+        fig.subplots().set_title("こんにちは", family="DejaVu Sans")
+        fig.savefig(tmp_path / "tofu.png")
+    _, cfg, params, tok = trained
+    out = inspect.explain(cfg, params, tok, "こんにちは、世界", out_dir=tmp_path / "i",
+                          continuation_tokens=2, print_fn=lambda *_: None)  # fmt: skip
+    assert out["labels"][1:4] == ["こ[E3]", "こ[81]", "こ[93]"] and len(out["pngs"]) == 3
+    sim = inspect.embedding_similarity(params, tok, ["猫", "犬", "cat"], tmp_path / "pca.png")
+    assert (tmp_path / "pca.png").is_file() and sim["words"][0] == "猫"
+
+
+def test_prompt_dash_reads_stdin_and_embed_sim_notes_what_it_measures(
+    trained, capsys, monkeypatch, tmp_path
+):
+    import io
+
+    run_dir = str(trained[0])
+    monkeypatch.setattr("sys.stdin", io.StringIO("def "))
+    args = ["sample", "--run", run_dir, "--prompt", "-", "--temperature", "0"]
+    assert cli.main([*args, "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("def ") and "-----" not in out
+    monkeypatch.setattr("sys.stdin", io.StringIO("x = "))
+    args = ["inspect", "--run", run_dir, "--prompt", "-", "--out", str(tmp_path / "i")]
+    assert cli.main([*args, "--tokens", "2"]) == 0
+    assert "'x = ' is 5 tokens" in capsys.readouterr().out
+    assert cli.main(["embed-sim", "--run", run_dir, "if", "for"]) == 0
+    assert "shared letters" in capsys.readouterr().out

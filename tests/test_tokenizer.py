@@ -215,6 +215,56 @@ def test_unigram_trains_and_roundtrips(sample):
         _check_roundtrip(tok, text)
 
 
+_JA_WORDS = (
+    "私 は 日本語 を 勉強 して います 東京 の 天気 が 良い です 今日 明日 学校 "
+    "に 行き ました 友達 と 一緒 電車 で 本 読む 食べ 猫 犬 かわいい 新しい 会社 "
+    "仕事 時間 朝 夜 雨 降って 駅 前 ラーメン コーヒー 飲み たい 春 夏 秋 冬 山 "
+    "川 海 図書館 先生 学生 昨日 週末 映画 音楽 好き 大きい 小さい 古い 町 店 "
+    "買い物 料理 作り 京都 大阪 北海道 桜 花 見"
+).split()
+
+
+def _japanese(lines: int, seed: int = 0) -> str:
+    """Ordinary Japanese prose as a file holds it: sentences of words with no spaces between."""
+    import random
+
+    r = random.Random(seed)
+    out = []
+    for _ in range(lines):
+        words = [r.choice(_JA_WORDS) for _ in range(r.randint(4, 14))]
+        out.append("".join(words) + r.choice("。。。、！？"))
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_japanese_without_spaces_trains_and_roundtrips(model_type):
+    """A corpus with no spaces gives the trainer no '▁' piece; a space must still come back as
+    a space, not as the bytes of '▁'."""
+    tok = train_sentencepiece([_japanese(1500)], 400, model_type, num_threads=1)
+    held_out = _japanese(40, seed=1)
+    ids = tok.encode(held_out)
+    assert tok.decode(ids) == held_out and len(ids) < len(held_out.encode()) / 2
+    for text in [*CASES, "日本語 と English が 混ざった　文章", " 先頭と末尾の空白 ", "a\u3000b"]:
+        _check_roundtrip(tok, text)
+
+
+def test_japanese_tokenizer_through_the_cli(tmp_path, capsys):
+    from lm import cli
+
+    (tmp_path / "ja.txt").write_text(_japanese(1500), encoding="utf-8")
+    argv = ["tokenizer", "train", "--out", str(tmp_path / "tok"), "--set"]
+    argv += [f"data.source={tmp_path / 'ja.txt'}", "data.tokenizer=bpe"]
+    argv += [
+        "data.tokenizer_vocab=400",
+        "model.vocab_size=400",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.vocab_size == 400
+    _check_roundtrip(tok, "今日は 雨です。\n明日は　晴れ。")
+
+
 def test_too_small_vocab_is_a_clear_error():
     texts = ["".join(chr(c) for c in range(0x4E00, 0x4E00 + 400)) * 3]
     with pytest.raises(ValueError, match="vocab_size=260") as e:

@@ -257,9 +257,8 @@ def run_fit(args: argparse.Namespace) -> int:
             f"fitting approach {args.approach} on {len(runs)} rows"
             + (f" with {args.bootstrap} bootstrap resamples" if args.bootstrap else "")
             + " ...",
-            file=sys.stderr,
             flush=True,
-        )
+        )  # stdout: stderr carries only the one-line error, if any
         result = F.fit(
             runs,
             args.approach,

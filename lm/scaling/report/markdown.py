@@ -25,6 +25,13 @@ APPROACH_WHAT = {
 }
 
 
+def _approaches(aps: list[str]) -> str:
+    """["1"] -> "approach 1"; ["1", "3"] -> "approaches 1 and 3"."""
+    if len(aps) == 1:
+        return f"approach {aps[0]}"
+    return f"approaches {', '.join(aps[:-1])} and {aps[-1]}"
+
+
 def g(v: Any, digits: int = 4) -> str:
     """A number for a table: thousands separators for integers, 4 significant digits, and
     exponent form outside [1e-3, 1e5); an em dash for a missing or non-finite value."""
@@ -108,14 +115,14 @@ def _literature(fitted: list[tuple[str, dict]]) -> str:
         if not with_ci:
             near = [ap for ap, e in fitted if abs(e["value"] - ref) <= 0.05]
             parts.append(
-                f"{who} found {shown}" + (f", within 0.05 of approach {', '.join(near)}"
+                f"{who} found {shown}" + (f", within 0.05 of {_approaches(near)}"
                                           if near else ", more than 0.05 from every value here")
             )  # fmt: skip
             continue
         inside = [ap for ap, e in with_ci if e["ci95"][0] <= ref <= e["ci95"][1]]
         parts.append(
             f"{who} found {shown}, "
-            + (f"inside the interval of approach {', '.join(inside)}" if inside
+            + (f"inside the interval of {_approaches(inside)}" if inside
                else "outside every interval here")
         )  # fmt: skip
     return (

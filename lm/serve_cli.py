@@ -1,0 +1,102 @@
+"""The `lm serve` and `lm chat` parsers. No jax, fastapi or uvicorn at import time: `lm`
+builds every parser on each start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lm.sampling_cli import RUN_HELP
+
+SERVE_EPILOG = (
+    "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models (OpenAI's "
+    "API: point the openai client's base_url at http://HOST:PORT/v1), and the inspector page "
+    "at /. Concurrent requests share one decode batch of --slots sequences; new ones join "
+    "between decode steps. More than --max-waiting queued sequences get 429. Sampling "
+    "extensions: top_k and min_p (the openai client sends them with extra_body). Chat uses a "
+    "plain template (System text, then 'User: ...' and 'Assistant: ...' turns) and stops "
+    "at the next '\\nUser:'. Needs: pip install -e '.[serve]'."
+)
+
+
+def add_parsers(sub: Any) -> None:
+    s = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP API and the live inspector page for one model",
+        description="Serve a trained run (or an exported model file) over HTTP: the OpenAI "
+        "completions, chat and models endpoints, with streaming, and a page at / that shows "
+        "tokens, next-token probabilities and attention as you type. Listens on 127.0.0.1 "
+        "unless --host says otherwise.",
+        epilog=SERVE_EPILOG,
+    )
+    s.add_argument("--run", help=RUN_HELP)
+    s.add_argument("--model", metavar="FILE.lm", help="a model file from `lm export`")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    s.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1 and /api (default: $LM_API_KEY; none)",
+    )
+    s.add_argument("--name", help="the model id clients pass (default: the run's directory name)")
+    s.add_argument("--slots", type=int, default=16, help="sequences decoded together (default 16)")
+    s.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="sequences that may wait for a slot before requests get 429 (default 256)",
+    )
+    s.add_argument(
+        "--chunk",
+        type=int,
+        default=4,
+        help="decode steps per device call; new requests join between calls (default 4)",
+    )
+    s.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default warning; info logs each request)",
+    )
+    s.set_defaults(func=_serve)
+
+    c = sub.add_parser(
+        "chat",
+        help="talk with a model in the terminal, replies streamed",
+        description="An interactive conversation: type a message, the reply streams back. "
+        "Lines starting with / are commands: /temp 0.7, /top_k 40, /top_p 0.9, /min_p 0.05, "
+        "/max 100, /seed 1, /system TEXT, /history, /reset, /quit (or Ctrl-D). Our models are "
+        "base models, so the conversation is written as plain text ('User: ...', "
+        "'Assistant: ...'); when it outgrows the context, the oldest turns are dropped.",
+        epilog="Reads stdin when it is not a terminal (one message or command per line).",
+    )
+    c.add_argument("--run", required=True, help=RUN_HELP)
+    c.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default 0.8)")
+    c.add_argument("--top-k", type=int, help="keep the k likeliest tokens (k >= 1)")
+    c.add_argument("--top-p", type=float, help="nucleus: the smallest top set with mass >= p")
+    c.add_argument("--min-p", type=float, help="keep tokens with prob >= min_p * the top prob")
+    c.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="tokens per reply (default: as many as fit, up to 200)",
+    )
+    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    c.add_argument("--system", help="a system message put before the conversation")
+    c.set_defaults(func=_chat)
+
+
+def _serve(args) -> int:
+    from lm.cli import UsageError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UsageError("lm serve needs its extra: pip install -e '.[serve]'") from None
+    from lm.serve import cmd_serve
+
+    return cmd_serve(args)
+
+
+def _chat(args) -> int:
+    from lm.chat import cmd_chat
+
+    return cmd_chat(args)
