@@ -234,3 +234,32 @@ def test_bad_lr_sweep_keys(tmp_path):
     p.write_text("kind: grid\nsizes: [1e5]\ntokens: [1e6]\nbase: 5\n")
     with pytest.raises(ConfigError, match="base=5"):
         sweep_lib.load_sweep(p)
+
+
+def test_a_held_sweep_directory_is_refused(tmp_path):
+    # Two `lm sweep run` on one --out would train every member twice: the second is refused
+    # while the first holds the directory (flock on a second open file conflicts even within
+    # one process, so the holder here stands in for another process).
+    from lm import runlock
+
+    out = tmp_path / "sweep"
+    with runlock.hold(out, "sweep directory"):
+        with pytest.raises(runlock.Busy, match="sweep directory"):
+            sweep_lib.run_sweep(_tiny_sweep(tmp_path), out, progress=False,
+                                print_fn=lambda *_: None)  # fmt: skip
+    assert not (out / "runs").exists()  # nothing was trained
+
+
+def test_lr_rule_is_fitted_to_the_bracketed_sizes_only():
+    # Two sizes bracketed on lr* = 5 N^-0.5, a third whose best rate is the grid's top edge: the
+    # rule follows the two, and the edge size is flagged and left out of it.
+    pts = []
+    for n in (1e4, 4e4):
+        for lr in (0.01, 0.02, 0.04, 0.08, 0.16):
+            pts.append({"N": n, "lr": lr, "loss": 2.0 + 0.1 * math.log(lr / (5 * n**-0.5)) ** 2})
+    pts += [{"N": 2e3, "lr": lr, "loss": 3.0 - lr} for lr in (0.01, 0.02, 0.04, 0.08, 0.16)]
+    doc = sweep_lib.fit_lr_rule(pts)
+    edge = {s["N"]: s for s in doc["per_size"]}[2e3]
+    assert edge["edge"] and not edge["in_rule"]
+    assert doc["rule"]["p"] == pytest.approx(-0.5, abs=1e-9)
+    assert doc["rule"]["k"] == pytest.approx(5.0, rel=1e-9)

@@ -25,6 +25,7 @@ from their checkpoints, and the results table is rebuilt from the members' own r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lm import config as config_lib
-from lm import flops
+from lm import flops, runlock
 from lm.config import Config, ConfigError
 
 DONE_FILE = "done.json"
@@ -394,8 +395,17 @@ def fit_lr_rule(points: list[dict]) -> dict:
                 lo_opt = float(np.clip(-c1 / (2 * c2), x[w][0], x[w][-1]))
         per_size.append({"N": n, "lr_opt": math.exp(lo_opt), "best_tried": pts[i][0],
                          "edge": edge, "note": note})  # fmt: skip
-    lx = [math.log(s["N"]) for s in per_size]
-    ly = [math.log(s["lr_opt"]) for s in per_size]
+    # An optimum at the edge of the rates is only a bound: the rule is fitted to the bracketed
+    # sizes when at least two are, so one noisy edge cannot tilt it (the report's check still
+    # flags the edge). On the main job, one small size's best rate at the top edge once made
+    # the rule's exponent -1.2 instead of about -0.5 and starved the largest sizes.
+    fitted = [s for s in per_size if not s["edge"]]
+    if len({s["N"] for s in fitted}) < 2:
+        fitted = per_size
+    for s in per_size:
+        s["in_rule"] = s in fitted
+    lx = [math.log(s["N"]) for s in fitted]
+    ly = [math.log(s["lr_opt"]) for s in fitted]
     if len(set(lx)) >= 2:
         mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
         p = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
@@ -405,8 +415,9 @@ def fit_lr_rule(points: list[dict]) -> dict:
     else:
         p, logk = 0.0, sum(ly) / len(ly)
     return {
-        "method": "LR sweep: per size, a parabola in log lr around the best rate; then "
-        "lr(N) = k N^p by least squares in log space",
+        "method": "LR sweep: per size, a least-squares parabola in log lr over the best rate and "
+        "up to two rates each side; then lr(N) = k N^p by least squares in log space over the "
+        "sizes whose optimum is inside the rates tried",
         "points": points,
         "per_size": per_size,
         "rule": {"formula": "lr(N) = k * N^p", "k": math.exp(logk), "p": p},
@@ -444,9 +455,6 @@ def _done(run_dir: Path) -> dict | None:
 
 def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_fn=print) -> dict:
     import jax
-    from tqdm import tqdm
-
-    from lm import loop
 
     # Multi-host: every process trains every member (each holds its shards), process 0 alone
     # writes the sweep's files, and which members are done is process 0's answer, so all
@@ -456,6 +464,19 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         print_fn, progress = (lambda *_: None), False
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # One sweep per directory: process 0 holds the lock for all of this sweep's processes,
+    # which share the directory by design (each member also locks its own run directory).
+    held = runlock.hold(out, "sweep directory", print_fn) if main else contextlib.nullcontext()
+    with held:
+        return _run_sweep(sweep, out, progress, print_fn, main)
+
+
+def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bool) -> dict:
+    import jax
+    from tqdm import tqdm
+
+    from lm import loop
+
     lr_members = plan_lr(sweep)
     # The rate does not change a member's name, shape, tokens or FLOPs: Kaplan's stands in
     # until the LR sweep has fitted its rule.
@@ -800,7 +821,13 @@ def time_breakdown(out: Path, members: dict, report_s: float) -> str:
 def add_sweep_parser(sub) -> None:
     from lm.cli import add_set_option  # lm.cli imports this module's parsers
 
-    sw = sub.add_parser("sweep", help="scaling sweeps over model size and data size")
+    sw = sub.add_parser(
+        "sweep",
+        help="scaling sweeps over model size and data size",
+        description="Train a family of models from one sweep file (configs/sweeps/*.yaml): an "
+        "LR sweep if the file asks for one, then every IsoFLOP budget x size (or grid point), "
+        "then fits, plots and report.md. `plan` shows the members and the design check first.",
+    )
     ssub = sw.add_subparsers(dest="sweep_command", required=True)
     r = ssub.add_parser(
         "run",
@@ -810,7 +837,7 @@ def add_sweep_parser(sub) -> None:
     r.add_argument("file", help="sweep file, e.g. configs/sweeps/cpu-tiny.yaml")
     r.add_argument("--out", required=True, help="sweep directory")
     add_set_option(r, "override sweep keys, e.g. --set seeds=1 base.train.batch_size=16")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument(
         "--distributed",
         action="store_true",
@@ -820,7 +847,15 @@ def add_sweep_parser(sub) -> None:
     r.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     r.add_argument("--process-id", type=int, help="multi-host: this process's id")
     r.set_defaults(func=cmd_run)
-    p = ssub.add_parser("plan", help="print members, FLOPs and estimated wall time; no training")
-    p.add_argument("file")
+    p = ssub.add_parser(
+        "plan",
+        help="print members, FLOPs and estimated wall time; no training",
+        description="Print every member a sweep file would train (LR-sweep runs, IsoFLOP or grid "
+        "members, seeds), its shape, tokens, compute and an estimated time at mfu_estimate of "
+        "the machine's peak, then the design check: per budget, how many sizes lie on each "
+        "side of the optimum expected at expected_tokens_per_param (a FAIL line where a budget "
+        "cannot bracket it). Trains nothing.",
+    )
+    p.add_argument("file", help="sweep file, e.g. configs/sweeps/tpu-isoflop.yaml")
     add_set_option(p, "override sweep keys, as for run")
     p.set_defaults(func=cmd_plan)
