@@ -219,16 +219,17 @@ class FitResult:
             out["bootstrap"] = self.bootstrap
         if self.extrapolation is not None:
             out["extrapolation"] = self.extrapolation
-        return _jsonable(out)
+        return jsonable(out)
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """JSON-ready: numpy to Python, tuples to lists, non-finite numbers to null."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return [_jsonable(v) for v in x.tolist()]
+        return [jsonable(v) for v in x.tolist()]
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
     if isinstance(x, (int, np.integer)):

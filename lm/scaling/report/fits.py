@@ -278,28 +278,13 @@ def _approach1_finished(runs: F.Runs, noise: float, n_boot: int, seed: int, out)
     if res is None:
         return None
     if n_boot:
-        rng = np.random.default_rng(seed)
-        rows = []
-        for _ in range(n_boot):
-            lb = runs.L * np.exp(rng.normal(0.0, noise, runs.L.size))
-            try:
-                cb = finished_run_curves(runs.with_loss(lb))
-                rows.append(F.fit_approach1(cb, smooth_width=0.0).params)
-            except (F.FitError, ArithmeticError):
-                pass
-        if rows:
-            samples = {q: np.array([r[q] for r in rows]) for q in rows[0]}
-            out.samples["1"] = samples
-            info = {
-                "n_boot": n_boot,
-                "n_ok": len(rows),
-                "n_failed": n_boot - len(rows),
-                "seed": seed,
-                "method": f"parametric: finished runs' losses x exp(N(0, {noise:.3g})), "
-                "curves re-joined; run-to-run noise only, not the spacing of the sizes",
-                "interval": "percentile [2.5%, 97.5%]",
-            }
-            res = dataclasses.replace(res, ci95=ci_from_samples(samples), bootstrap=info)
+
+        def refit(lb):
+            return F.fit_approach1(finished_run_curves(runs.with_loss(lb)), smooth_width=0.0)
+
+        method = (f"parametric: finished runs' losses x exp(N(0, {noise:.3g})), curves "
+                  "re-joined; run-to-run noise only, not the spacing of the sizes")  # fmt: skip
+        res = _parametric_bootstrap(res, "1", runs.L, refit, noise, n_boot, seed, method, out)
     ex = attempt(
         "approach 1 extrapolation",
         lambda: F.extrapolation_check(curves, "1", smooth_width=0.0),
@@ -327,6 +312,26 @@ def curve_runs(conv: Convention, main: list[dict], curves: list[dict]) -> F.Runs
         return None
     a = np.array(list(pts), np.float64)
     return F.Runs.from_arrays(a[:, 0], a[:, 1], a[:, 2], a[:, 3], run=list(pts.values()))
+
+
+def _parametric_bootstrap(res, approach, L, refit, noise, n_boot, seed, method, out):
+    """Percentile intervals from refits on the runs' losses times exp(N(0, noise)) (the
+    measured run-to-run noise), for fits whose points are derived from shared runs; resamples
+    whose fit fails are counted, not kept."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_boot):
+        try:
+            rows.append(refit(L * np.exp(rng.normal(0.0, noise, L.size))).params)
+        except (F.FitError, ArithmeticError):
+            pass
+    if not rows:
+        return res
+    samples = {q: np.array([r[q] for r in rows]) for q in rows[0]}
+    out.samples[approach] = samples
+    info = {"n_boot": n_boot, "n_ok": len(rows), "n_failed": n_boot - len(rows), "seed": seed,
+            "method": method, "interval": "percentile [2.5%, 97.5%]"}  # fmt: skip
+    return dataclasses.replace(res, ci95=ci_from_samples(samples), bootstrap=info)
 
 
 INTERPOLATED = (
@@ -365,30 +370,15 @@ def approach2(
     if n_boot:
         # Parametric: perturb the runs' losses by the run-to-run noise, redo the interpolation
         # and the fit. Resampling interpolated points would treat shared runs as independent.
-        rng = np.random.default_rng(seed)
-        rows = []
-        for _ in range(n_boot):
-            Lb = runs.L * np.exp(rng.normal(0.0, noise, runs.L.size))
-            Nb, Db, Lb, Cb, _ = grid_isoflops(runs.N, runs.D, Lb, fpt, budgets)
-            try:
-                # A nearly flat parabola puts its vertex at N = inf (a = nan): kept as a failed
-                # resample, without numpy's warning.
-                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                    rows.append(F.fit_approach2(F.Runs.from_arrays(Nb, Db, Lb, Cb)).params)
-            except (F.FitError, ArithmeticError):
-                pass
-        if rows:
-            samples = {q: np.array([r[q] for r in rows]) for q in rows[0]}
-            out.samples["2"] = samples
-            info = {
-                "n_boot": n_boot,
-                "n_ok": len(rows),
-                "n_failed": n_boot - len(rows),
-                "seed": seed,
-                "method": f"parametric: run losses x exp(N(0, {noise:.3g})), re-interpolated",
-                "interval": "percentile [2.5%, 97.5%]",
-            }
-            res = dataclasses.replace(res, ci95=ci_from_samples(samples), bootstrap=info)
+        def refit(lb):
+            Nb, Db, Lb, Cb, _ = grid_isoflops(runs.N, runs.D, lb, fpt, budgets)
+            # A nearly flat parabola puts its vertex at N = inf (a = nan): kept as a failed
+            # resample, without numpy's warning.
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                return F.fit_approach2(F.Runs.from_arrays(Nb, Db, Lb, Cb))
+
+        method = f"parametric: run losses x exp(N(0, {noise:.3g})), re-interpolated"
+        res = _parametric_bootstrap(res, "2", runs.L, refit, noise, n_boot, seed, method, out)
     ex = attempt("approach 2 extrapolation", lambda: F.extrapolation_check(pts, "2"), errors)
     if ex is not None:
         res = dataclasses.replace(res, extrapolation=ex)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
+from lm.scaling import fit as F
 from lm.scaling.report.checks import count, interior_budgets, verdict
 from lm.scaling.report.conventions import CONVENTIONS, Convention
 from lm.scaling.report.estimates import APPROACHES, a_estimate
@@ -64,21 +63,8 @@ def fits_json(f: ConventionFit) -> dict:
     return out
 
 
-def clean(x: Any) -> Any:
-    """JSON-ready: numpy to Python, non-finite numbers to null."""
-    if isinstance(x, dict):
-        return {str(k): clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return clean(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
+# JSON-ready: numpy to Python, non-finite numbers to null (the fit library's own).
+clean = F.jsonable
 
 
 def _g(v: float | None) -> str:

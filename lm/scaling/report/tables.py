@@ -139,8 +139,13 @@ def read_lr(out_dir: Path) -> tuple[dict | None, str | None]:
             for pt in doc["points"]
         ]
         per_size = [
-            {"N": float(s["N"]), "lr_opt": float(s["lr_opt"]), "note": str(s.get("note", "")),
-             "edge": bool(s.get("edge", False)), "in_rule": bool(s.get("in_rule", True))}
+            {
+                "N": float(s["N"]),
+                "lr_opt": float(s["lr_opt"]),
+                "note": str(s.get("note", "")),
+                "edge": bool(s.get("edge", False)),
+                "in_rule": bool(s.get("in_rule", True)),
+            }
             for s in doc.get("per_size", [])
         ]
         rule = doc.get("rule") or {}
