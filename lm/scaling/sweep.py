@@ -20,7 +20,10 @@ Because the batch at step s is a pure function of (seed, s), a branch is *exactl
 its own length, at a fraction of the cost.
 
 `lm sweep run FILE --out DIR` is idempotent: finished members are skipped, interrupted ones resume
-from their checkpoints, and the results table is rebuilt from the members' own records.
+from their checkpoints, and the results table is rebuilt from the members' own records. Members
+train side by side in worker processes on disjoint slices of the machine (`--workers`), and
+several hosts can split one sweep directory between them (`--worker-index/--num-workers`); see
+lm.scaling.workers.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
+import os
+import socket
+import sys
 import time
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +46,7 @@ from typing import Any, Literal
 from lm import config as config_lib
 from lm import flops, runlock
 from lm.config import Config, ConfigError
+from lm.scaling import workers as workers_lib
 
 DONE_FILE = "done.json"
 
@@ -453,92 +461,125 @@ def _done(run_dir: Path) -> dict | None:
     return None
 
 
-def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_fn=print) -> dict:
+def member_to_dict(m: Member) -> dict:
+    """A member as JSON, for a worker process (`member_from_dict` gives it back, equal)."""
+    d = {f.name: getattr(m, f.name) for f in dataclasses.fields(Member)}
+    d["cfg"] = config_lib.to_dict(m.cfg)
+    return d
+
+
+def member_from_dict(d: dict) -> Member:
+    return Member(**{**d, "cfg": config_lib.from_dict(d["cfg"])})
+
+
+def _agree(flag: bool) -> bool:
+    """Process 0's answer on every process of a multi-process job: a shared filesystem may
+    show files late on the others, and all of them must take the same path."""
     import jax
 
-    # Multi-host: every process trains every member (each holds its shards), process 0 alone
-    # writes the sweep's files, and which members are done is process 0's answer, so all
-    # processes take the same path even where a shared filesystem shows files late.
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def _is_done(out: Path, name: str, main: bool) -> bool:
+    return _agree(_done(out / "runs" / name) is not None if main else False)
+
+
+_CLAIM_WARNED: list[bool] = []
+
+
+def _warn_once(msg: str) -> None:
+    if not _CLAIM_WARNED:
+        _CLAIM_WARNED.append(True)
+        print(msg, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _claim(out: Path, unit: str, main: bool):
+    """Hold a unit against every other process on the directory (hosts sharing it included)
+    for as long as it trains; yields False when another process holds it. Without flock on
+    the filesystem nothing is held (one warning) and the hosts' disjoint shares alone keep
+    them apart."""
+    with contextlib.ExitStack() as stack:
+        got = True
+        if main:
+            try:
+                stack.enter_context(runlock.hold(out / "claims" / unit, "sweep unit", _warn_once))
+            except runlock.Busy:
+                got = False
+        yield _agree(got)
+
+
+def run_unit(members: list[Member], out: Path, *, on_start=None, on_member=None,
+             progress: bool = False, data_memo: dict | None = None,
+             trained_by: dict | None = None) -> bool:  # fmt: skip
+    """Train one unit in this process: a member alone, or a WSD trunk (members[0]) with its
+    branches in branch-step order. The trunk is trained up to each branch point in turn (its
+    latest checkpoint is then exactly where the branch starts), the branch is trained, and the
+    trunk goes on. Members of one size share their compiled programs (lm.loop.programs), so a
+    unit compiles once. Returns False, training nothing, when another process holds the unit.
+
+    `on_start(member, stop_after)` and `on_member(member, stop_after, rec)` see each member
+    (segment) begin and end; rec is None for a member that was already done."""
+    import jax
+
     main = jax.process_index() == 0
-    if not main:
-        print_fn, progress = (lambda *_: None), False
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # One sweep per directory: process 0 holds the lock for all of this sweep's processes,
-    # which share the directory by design (each member also locks its own run directory).
-    held = runlock.hold(out, "sweep directory", print_fn) if main else contextlib.nullcontext()
-    with held:
-        return _run_sweep(sweep, out, progress, print_fn, main)
+    on_start = on_start or (lambda *_: None)
+    on_member = on_member or (lambda *_: None)
+    data_memo = {} if data_memo is None else data_memo
+
+    def one(m: Member, stop_after: int | None = None) -> None:
+        if _is_done(out, m.name, main):
+            on_member(m, stop_after, None)
+            return
+        on_start(m, stop_after)
+        rec = train_member(m, out, stop_after, main=main, progress=progress,
+                           data_memo=data_memo, trained_by=trained_by)  # fmt: skip
+        on_member(m, stop_after, rec)
+
+    trunk, branches = members[0], members[1:]
+    with _claim(out, trunk.name, main) as got:
+        if not got:
+            return False
+        for b in branches:
+            if not _is_done(out, b.name, main):
+                one(trunk, stop_after=b.branch_step)
+            one(b)
+        one(trunk)
+    return True
 
 
-def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bool) -> dict:
-    import jax
-    from tqdm import tqdm
-
+def train_member(m: Member, out: Path, stop_after: int | None = None, *, main: bool = True,
+                 progress: bool = False, data_memo: dict | None = None,
+                 trained_by: dict | None = None) -> dict:  # fmt: skip
+    """Train (or resume) one member, to its end or to `stop_after`; at its end, write its
+    done.json. Returns {"wall", "timings"} of this call."""
     from lm import loop
 
-    lr_members = plan_lr(sweep)
-    # The rate does not change a member's name, shape, tokens or FLOPs: Kaplan's stands in
-    # until the LR sweep has fitted its rule.
-    members = lr_members + plan(sweep)
-    if main:
-        (out / "sweep.json").write_text(json.dumps(dataclasses.asdict(sweep), indent=1))
-        for line in design_lines(sweep, members):
-            print_fn(line)
-    cost = {m.name: m.cfg.train.steps - (m.branch_step or 0) for m in members}
-    work = {m.name: cost[m.name] * flops.flops_per_token(m.cfg.model, m.cfg.train.seq_len)[
-        "hardware"] * m.cfg.train.batch_size * m.cfg.train.seq_len for m in members}  # fmt: skip
-    t_start = time.perf_counter()
-    bar = tqdm(
-        total=sum(work.values()) / 1e12, unit="TFLOP", desc=f"sweep {sweep.name}",
-        disable=not progress, position=0, dynamic_ncols=True, bar_format=(
-            "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} TFLOP "
-            "[{elapsed}<{remaining}] {postfix}"
-        ),
+    run_dir = out / "runs" / m.name
+    init_from = (out / "runs" / m.trunk, m.branch_step) if m.trunk else None
+    t0 = time.perf_counter()
+    summary = loop.train_run(
+        m.cfg, run_dir, progress=progress, init_from=init_from, stop_after=stop_after,
+        print_fn=lambda *_: None, bar_position=1, data_memo=data_memo,
     )  # fmt: skip
-    timings: dict[str, float] = {}
-    skipped = 0
-    data_memo: dict = {}  # the corpus, mapped once for every member
-
-    def done(name: str) -> bool:
-        flag = _done(out / "runs" / name) is not None if main else False
-        if jax.process_count() > 1:
-            import numpy as np
-            from jax.experimental import multihost_utils
-
-            flag = bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-        return flag
-
-    def run_member(m: Member, stop_after: int | None = None) -> None:
-        nonlocal skipped
-        run_dir = out / "runs" / m.name
-        if done(m.name):
-            if stop_after is None:
-                skipped += 1
-                bar.update(work[m.name] / 1e12)
-            return
-        bar.set_postfix_str(m.name)
-        init_from = (out / "runs" / m.trunk, m.branch_step) if m.trunk else None
-        t0 = time.perf_counter()
-        summary = loop.train_run(
-            m.cfg, run_dir, progress=progress, init_from=init_from, stop_after=stop_after,
-            print_fn=lambda *_: None, bar_position=1, data_memo=data_memo,
-        )  # fmt: skip
-        wall = time.perf_counter() - t0
-        for k, v in summary["timings"].items():
-            timings[k] = timings.get(k, 0.0) + v
-        if not main:
-            return
-        # Wall time and its breakdown accumulate over the segments a trunk is trained in, and
-        # over resumes.
-        acc_file = run_dir / "time.json"
-        acc = json.loads(acc_file.read_text()) if acc_file.is_file() else {"wall_s": 0.0}
-        acc["wall_s"] += wall
-        for k, v in summary["timings"].items():
-            acc[k] = acc.get(k, 0.0) + v
-        acc_file.write_text(json.dumps(acc))
-        if stop_after is not None:
-            return
+    wall = time.perf_counter() - t0
+    rec = {"wall": wall, "timings": summary["timings"]}
+    if not main:
+        return rec
+    # Wall time and its breakdown accumulate over the segments a trunk is trained in, and
+    # over resumes.
+    acc_file = run_dir / "time.json"
+    acc = json.loads(acc_file.read_text()) if acc_file.is_file() else {"wall_s": 0.0}
+    acc["wall_s"] += wall
+    for k, v in summary["timings"].items():
+        acc[k] = acc.get(k, 0.0) + v
+    workers_lib.atomic_write(acc_file, json.dumps(acc))
+    if stop_after is None:
         record = {
             "name": m.name,
             "val_loss": summary["val_loss"],
@@ -546,51 +587,299 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
             "val_bpb": summary["val_bpb"],
             "wall_s": acc["wall_s"],
             "timings": {k: v for k, v in acc.items() if k != "wall_s"},
+            # which host, process, cores and devices trained it (the last segment's)
+            "trained_by": trained_by or {},
         }
-        tmp = run_dir / (DONE_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(run_dir / DONE_FILE)
-        bar.update(work[m.name] / 1e12)
+        workers_lib.atomic_write(run_dir / DONE_FILE, json.dumps(record, indent=1))
+    return rec
 
-    # Members of one model size share their compiled programs (lm.loop.programs): each size
-    # compiles once, when its first member starts.
-    #
-    # A trunk is trained up to each branch point in turn (its latest checkpoint is then exactly
-    # where the branch starts), the branch is trained, and the trunk goes on.
-    for m in lr_members:
-        run_member(m)
-    if lr_members:
-        rule = _share_rule(sweep, lr_members, out, main)
-        members = lr_members + plan(sweep, rule)
-    by_name = {m.name: m for m in members}
-    for m in members:
-        if m.trunk is not None or m.group == "lr":
+
+def _latest_step(path: Path) -> int | None:
+    """The last step a run's metrics.jsonl has logged, from its tail."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
             continue
-        branches = sorted((b for b in members if b.trunk == m.name), key=lambda b: b.branch_step)
-        for b in branches:
-            if not done(b.name):
-                run_member(m, stop_after=b.branch_step)
-            run_member(b)
-        run_member(m)
-    bar.close()
+    return None
+
+
+class _Progress:
+    """The sweep's progress bar and this invocation's accounting, fed by the members' events,
+    from this process or from its workers. The bar counts FLOPs: a member's whole work when it
+    ends, and meanwhile (workers) the steps its metrics show it has trained."""
+
+    def __init__(self, bar, work: dict[str, float], out: Path, members: dict[str, Member],
+                 stamp) -> None:  # fmt: skip
+        self.bar, self.work, self.out, self.members, self.stamp = bar, work, out, members, stamp
+        self.finished = 0.0
+        self.partial: dict[str, float] = {}
+        self.first: dict[str, int] = {}
+        self.running: dict[int, str] = {}
+        self.timings: dict[str, float] = {}
+        self.skipped = self.trained = 0
+
+    def start(self, worker: int, name: str) -> None:
+        self.running[worker] = name
+        if name not in self.first:
+            m = self.members[name]
+            got = _latest_step(self.out / "runs" / name / "metrics.jsonl")
+            self.first[name] = got if got is not None else (m.branch_step or 0)
+        self._show()
+
+    def member(self, worker: int, name: str, final: bool, trained: bool, timings: dict) -> None:
+        for k, v in timings.items():
+            self.timings[k] = self.timings.get(k, 0.0) + v
+        if self.running.get(worker) == name:
+            del self.running[worker]
+        if final:
+            self.partial.pop(name, None)
+            self.finished += self.work[name]
+            if trained:
+                self.trained += 1
+            else:
+                self.skipped += 1
+            if trained:
+                self.stamp()
+        self._show()
+
+    def tick(self) -> None:
+        for name in self.running.values():
+            m = self.members[name]
+            step = _latest_step(self.out / "runs" / name / "metrics.jsonl")
+            if step is not None:
+                per_step = self.work[name] / max(1, m.cfg.train.steps - (m.branch_step or 0))
+                self.partial[name] = min(self.work[name], (step - self.first[name]) * per_step)
+        self._show()
+
+    def _show(self) -> None:
+        self.bar.n = (self.finished + sum(self.partial.values())) / 1e12
+        if self.running:
+            self.bar.set_postfix_str(", ".join(self.running[w] for w in sorted(self.running)),
+                                     refresh=False)  # fmt: skip
+        self.bar.refresh()
+
+
+def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_fn=print,
+              workers: int | str = 1, share: workers_lib.Share | None = None) -> dict:  # fmt: skip
+    """Train every member of the sweep not yet done, then write results.csv and curves.csv.
+
+    `workers`: members trained side by side on this machine, each in a worker process on its
+    own slice (lm.scaling.workers); 1 trains them one after another in this process, "auto"
+    decides from the machine and the sweep. `share`: this host's index among hosts that run
+    the same sweep on one shared directory, each training its own share of the units.
+
+    Multi-process JAX (jax.distributed): every process trains every member (each holds its
+    shards), process 0 alone writes the sweep's files, and which members are done is process
+    0's answer, so all processes take the same path even where a shared filesystem shows files
+    late."""
+    import jax
+
+    share = share or workers_lib.Share()
+    if jax.distributed.is_initialized():
+        if workers not in (1, "auto"):
+            raise ConfigError(
+                f"--workers {workers}: a jax.distributed job trains each member on every "
+                "process's devices; use --workers 1, or --worker-index/--num-workers without "
+                "--distributed to split a sweep between hosts"
+            )
+        workers = 1
+    # In-process training asks JAX which process this is; a process that only coordinates
+    # workers must not start a backend (on a GPU it would take the workers' memory).
+    main = jax.process_index() == 0 if workers == 1 else True
+    if not main:
+        print_fn, progress = (lambda *_: None), False
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # One sweep per directory: process 0 holds the lock for all of this sweep's processes,
+    # which share the directory by design (each member also locks its own run directory).
+    # Hosts that split a sweep each hold only their index; units are claimed one by one.
+    if not main:
+        held = contextlib.nullcontext()
+    elif share.count == 1:
+        held = runlock.hold(out, "sweep directory", print_fn)
+    else:
+        held = runlock.hold(out / "claims" / f"share-{share.index}-of-{share.count}",
+                            f"sweep share {share.index} of {share.count}", print_fn)  # fmt: skip
+    with held:
+        return _run_sweep(sweep, out, progress, print_fn, main, workers, share)
+
+
+def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bool,
+               workers: int | str, share: workers_lib.Share) -> dict:  # fmt: skip
+    from tqdm import tqdm
+
+    lr_members = plan_lr(sweep)
+    # The rate does not change a member's name, shape, tokens or FLOPs: Kaplan's stands in
+    # until the LR sweep has fitted its rule.
+    main_members = plan(sweep)
+    members = lr_members + main_members
+    cost = {m.name: m.cfg.train.steps - (m.branch_step or 0) for m in members}
+    work = {m.name: cost[m.name] * flops.flops_per_token(m.cfg.model, m.cfg.train.seq_len)[
+        "hardware"] * m.cfg.train.batch_size * m.cfg.train.seq_len for m in members}  # fmt: skip
+    # Each stage's units (the LR sweep, then the rest), this host's share of them, longest
+    # first: names and FLOPs do not depend on the rate, so every host plans the same shares.
+    stages = [workers_lib.partition(workers_lib.make_units(ms, work), share.count)[share.index]
+              for ms in (lr_members, main_members)]  # fmt: skip
+    mine = {n for units in stages for u in units for n in u.members}
+    if main:
+        for line in design_lines(sweep, members):
+            print_fn(line)
+    if share.count > 1:
+        print_fn(
+            f"worker {share.index} of {share.count} ({share.source}): "
+            f"{sum(len(s) for s in stages)} units, {len(mine)} of {len(members)} members, "
+            f"{sum(work[n] for n in mine) / sum(work.values()):.0%} of the sweep's FLOPs"
+        )
+
+    def left(units) -> list[float]:
+        todo = [sum(work[n] for n in u.members if _done(out / "runs" / n) is None) for u in units]
+        return [c for c in todo if c > 0]
+
+    n_workers, slices = 1, []
+    if workers != 1:
+        machine = workers_lib.probe_machine()
+        if workers == "auto":
+            n_workers, why = workers_lib.auto_workers(machine, [left(s) for s in stages],
+                                                      members)  # fmt: skip
+            print_fn(f"workers: {n_workers} ({why})")
+        else:
+            n_workers = int(workers)
+        if n_workers > 1:
+            slices = workers_lib.plan_slices(machine, n_workers, members, f"--workers {workers}")
+    if main:  # after every check of the flags: a refused command writes nothing
+        workers_lib.atomic_write(out / "sweep.json",
+                                 json.dumps(dataclasses.asdict(sweep), indent=1))  # fmt: skip
+    # Only a process that trains in itself may ask JAX how many processes there are.
+    multi = workers == 1 and _process_count() > 1
+    agree = _agree if multi else (lambda flag: flag)
+
+    host = socket.gethostname()
+    t_start, t_wall = time.perf_counter(), time.time()
+    inv_dir = out / "invocations"
+    inv_file = inv_dir / f"{host}-{os.getpid()}-{int(t_wall)}.json"
+
+    def stamp() -> None:
+        if main:
+            inv_dir.mkdir(exist_ok=True)
+            workers_lib.atomic_write(inv_file, json.dumps({
+                "host": host, "start": t_wall, "end": time.time(), "workers": n_workers,
+                "share": [share.index, share.count]}))  # fmt: skip
+
+    stamp()
+    bar = tqdm(
+        total=sum(work[n] for n in mine) / 1e12, unit="TFLOP", desc=f"sweep {sweep.name}",
+        disable=not progress, position=0, dynamic_ncols=True, bar_format=(
+            "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} TFLOP "
+            "[{elapsed}<{remaining}] {postfix}"
+        ),
+    )  # fmt: skip
+    by_name = {m.name: m for m in members}
+    track = _Progress(bar, work, out, by_name, stamp)
+    trained_by = {"host": host, "share": [share.index, share.count]}
+    pool = None
+    data_memo: dict = {}  # the corpus, mapped once for every member trained in this process
+    try:
+        if slices:
+            print_fn(
+                f"{len(slices)} workers: "
+                + "; ".join(f"cores {','.join(map(str, s.cpus)) or 'all'}, "
+                            f"{len(s.devices)} {s.platform} device(s)" for s in slices)
+            )  # fmt: skip
+            pool = workers_lib.Pool(slices, out / "logs", f"-{share.index}")
+        for k, units in enumerate(stages):
+            if k == 1 and lr_members:
+                # The rule needs every LR member, those of other hosts' shares included.
+                _wait_for([m.name for m in lr_members], out, main, agree, print_fn)
+                rule = _share_rule(sweep, lr_members, out, main, multi)
+                members = lr_members + plan(sweep, rule)
+                by_name.update({m.name: m for m in members})
+            if pool is None:
+                import jax
+
+                trained_by.update(pid=os.getpid(), cpus=sorted(os.sched_getaffinity(0)),
+                                  devices=jax.local_device_count())  # fmt: skip
+                for u in units:
+                    run_unit(
+                        [by_name[n] for n in u.members], out, progress=progress,
+                        data_memo=data_memo, trained_by=trained_by,
+                        on_start=lambda m, _s: track.start(0, m.name),
+                        on_member=lambda m, s, rec: track.member(
+                            0, m.name, s is None, rec is not None, (rec or {}).get("timings", {})),
+                    )  # fmt: skip
+            else:
+
+                def job(u: workers_lib.Unit) -> dict:
+                    return {"name": u.name, "out": str(out), "trained_by": trained_by,
+                            "members": [member_to_dict(by_name[n]) for n in u.members]}  # fmt: skip
+
+                def on_event(w: int, ev: dict) -> None:
+                    if ev["ev"] == "start":
+                        track.start(w, ev["member"])
+                    elif ev["ev"] == "member":
+                        track.member(w, ev["member"], ev["final"], ev["trained"], ev["timings"])
+
+                pool.run(units, job, on_event, tick=track.tick if progress else None)
+    finally:
+        if pool is not None:
+            pool.close()
+        bar.close()
+    stamp()
     rows = results_rows(sweep, members, out)
+    n_done = len(rows) if main else 0
     if main:
         write_csv(out / "results.csv", rows)
         write_csv(out / "curves.csv", curve_rows(members, out))
     total = time.perf_counter() - t_start
     run_wall = sum(r["wall_s"] for r in rows)
+    whose = (f"worker {share.index} of {share.count}: {len(mine)} members of its share "
+             if share.count > 1 else f"{len(members)} members ")  # fmt: skip
     print_fn(
-        f"{len(members)} members ({skipped} already done) -> {out / 'results.csv'}; "
-        f"this invocation {total:.0f} s"
+        f"{whose}({track.skipped} already done); {n_done} of {len(members)} done in all -> "
+        f"{out / 'results.csv'}; this invocation {total:.0f} s"
     )
-    return {"rows": rows, "members": by_name, "timings": timings, "wall_s": total,
-            "run_wall_s": run_wall}  # fmt: skip
+    return {"rows": rows, "members": by_name, "timings": track.timings, "wall_s": total,
+            "run_wall_s": run_wall, "complete": n_done == len(members), "n_done": n_done,
+            "main": main, "workers": n_workers}  # fmt: skip
 
 
-def _share_rule(sweep: SweepConfig, lr_members: list[Member], out: Path, main: bool) -> LRRule:
-    """Process 0 fits the rule from the LR runs' records and writes lr.json; every process then
-    takes process 0's numbers, so all of them plan the same members."""
+def _process_count() -> int:
     import jax
+
+    return jax.process_count()
+
+
+def _wait_for(names: list[str], out: Path, main: bool, agree, print_fn) -> None:
+    """Wait until every member in `names` is done, wherever it trains (another host's share,
+    or a unit another process holds); a host that dies is rerun by its cluster."""
+    waited, said = 0.0, None
+    while True:
+        missing = [n for n in names if _done(out / "runs" / n) is None] if main else []
+        if agree(not missing):
+            return
+        if said is None or waited - said >= 600:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            print_fn(
+                f"waiting for {len(missing)} LR member(s) trained elsewhere (another "
+                f"--worker-index, or another process on this directory): "
+                f"{', '.join(missing[:3])}{more}"
+            )
+            said = waited
+        waited += workers_lib.sleep_backoff(waited)
+
+
+def _share_rule(sweep: SweepConfig, lr_members: list[Member], out: Path, main: bool,
+                multi: bool = False) -> LRRule:  # fmt: skip
+    """Fit the rule from the LR runs' records and write lr.json. Every host fits it from the
+    same records, so all plan the same members; within a multi-process job, every process
+    takes process 0's numbers."""
     import numpy as np
 
     kp = np.zeros(2, np.float64)
@@ -598,11 +887,9 @@ def _share_rule(sweep: SweepConfig, lr_members: list[Member], out: Path, main: b
         doc = fit_lr_rule(_lr_points(sweep, lr_members, out))
         doc["tokens_per_param"] = sweep.lr_sweep_tokens_per_param
         doc["convention"] = sweep.flops_convention
-        tmp = out / "lr.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(out / "lr.json")
+        workers_lib.atomic_write(out / "lr.json", json.dumps(doc, indent=1))
         kp[:] = doc["rule"]["k"], doc["rule"]["p"]
-    if jax.process_count() > 1:
+    if multi:
         from jax.experimental import multihost_utils
 
         kp = np.asarray(multihost_utils.broadcast_one_to_all(kp))
@@ -715,15 +1002,12 @@ def curve_rows(members: list[Member], out: Path) -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        path.write_text("")
-        return
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    buf = io.StringIO(newline="")
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)
+    workers_lib.atomic_write(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- command line
@@ -779,43 +1063,101 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from lm.cli import init_distributed
+    from lm.cli import UsageError, init_distributed
 
     sweep = load_sweep(args.file, args.set)
+    try:
+        share = workers_lib.share_from(args.worker_index, args.num_workers)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     init_distributed(args)
     from lm.scaling import report
 
-    res = run_sweep(sweep, args.out, progress=not args.no_progress)
-    import jax
-
-    if jax.process_index() != 0:  # process 0 fits, plots and reports
+    out = Path(args.out)
+    res = run_sweep(sweep, out, progress=not args.no_progress, workers=args.workers,
+                    share=share)  # fmt: skip
+    if not res["main"]:  # process 0 fits, plots and reports
         return 0
-    t1 = time.perf_counter()
-    report.write_report(Path(args.out), sweep, print_fn=print)
-    post = time.perf_counter() - t1
-    print(time_breakdown(Path(args.out), res["members"], post))
+    if not res["complete"]:
+        print(
+            f"{res['n_done']} of {len(res['members'])} members done: the run that finishes "
+            f"the last one writes the report (any time: lm scaling plot --sweep {out})"
+        )
+        return 0
+    # Hosts sharing the sweep may finish together: one of them writes the report.
+    try:
+        with runlock.hold(out / "claims" / "report", "sweep report", lambda *_: None):
+            t1 = time.perf_counter()
+            report.write_report(out, sweep, print_fn=print)
+            post = time.perf_counter() - t1
+    except runlock.Busy:
+        print("another process is writing this sweep's report")
+        return 0
+    print(time_breakdown(out, res["members"], post))
     return 0
 
 
 def time_breakdown(out: Path, members: dict, report_s: float) -> str:
-    """Where the whole sweep's time went (over every invocation that trained a member)."""
+    """Where the whole sweep's time went, over every invocation (and host) that trained it:
+    the wall time during which any of them ran, the members' own time (more than the wall time
+    when members trained side by side), and what that time was spent on."""
     tm: dict[str, float] = {}
     for name in members:
         rec = _done(out / "runs" / name) or {}
         tm["wall_s"] = tm.get("wall_s", 0.0) + rec.get("wall_s", 0.0)
         for k, v in rec.get("timings", {}).items():
             tm[k] = tm.get(k, 0.0) + v
-    wall = tm.get("wall_s", 0.0) + report_s
+    member_s = tm.get("wall_s", 0.0)
+    runs = []
+    for p in sorted((out / "invocations").glob("*.json")):
+        try:
+            runs.append(json.loads(p.read_text()))
+        except ValueError:
+            continue
+    # Sweeps from before invocations were recorded: their members ran one at a time.
+    sweep_s = workers_lib.wall_union((r["start"], r["end"]) for r in runs) if runs else member_s
+    most = max((r.get("workers", 1) for r in runs), default=1)
+    hosts = len({tuple(r.get("share", (0, 1))) for r in runs}) if runs else 1
+    wall = sweep_s + report_s
     train_s = tm.get("train", 0.0)
-    other = wall - train_s
     named = ("compile", "eval", "checkpoint", "setup")
-    rest = other - report_s - sum(tm.get(k, 0.0) for k in named)
+    rest = member_s - train_s - sum(tm.get(k, 0.0) for k in named)
+    side = f"up to {most} worker(s) side by side" + (f", {hosts} hosts" if hosts > 1 else "")
     return (
-        f"time: {wall:.0f} s in all; train steps {train_s:.0f} s ({train_s / max(wall, 1e-9):.0%});"
-        f" everything else {other:.0f} s ({other / max(wall, 1e-9):.0%}): "
+        f"time: {wall:.0f} s in all: training {sweep_s:.0f} s of wall time over {len(runs) or 1} "
+        f"invocation(s) ({side}), fits+plots {report_s:.0f} s. Member time "
+        f"{member_s:.0f} s ({member_s / max(sweep_s, 1e-9):.2f}x the training wall time): "
+        f"train steps {train_s:.0f} s ({train_s / max(member_s, 1e-9):.0%}), everything else "
+        f"{member_s - train_s:.0f} s ({(member_s - train_s) / max(member_s, 1e-9):.0%}): "
         + ", ".join(f"{k} {tm.get(k, 0.0):.0f} s" for k in named)
-        + f", fits+plots {report_s:.0f} s, other (data, state init, restores) {rest:.0f} s"
+        + f", other (data, state init, restores) {rest:.0f} s"
     )
+
+
+def _workers_arg(s: str) -> int | str:
+    import argparse
+
+    if s == "auto":
+        return s
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: a number of workers, or auto") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: at least 1")
+    return n
+
+
+def _index_arg(s: str) -> int:
+    import argparse
+
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n}: must be >= 0")
+    return n
 
 
 def add_sweep_parser(sub) -> None:
@@ -838,6 +1180,31 @@ def add_sweep_parser(sub) -> None:
     r.add_argument("--out", required=True, help="sweep directory")
     add_set_option(r, "override sweep keys, e.g. --set seeds=1 base.train.batch_size=16")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--workers",
+        type=_workers_arg,
+        default="auto",
+        metavar="N|auto",
+        help="members trained side by side on this machine, each in a worker process on its "
+        "own cores (CPU) or devices (GPU/TPU); longest first, a WSD trunk with its branches in "
+        "one worker. auto (default): as many as are estimated faster than one at a time, else "
+        "1; 1: every member in this process, one after another, on everything it sees",
+    )
+    r.add_argument(
+        "--worker-index",
+        type=_index_arg,
+        metavar="I",
+        help="many hosts: this host's index, 0..N-1; each of N hosts runs the same command on "
+        "one shared --out and trains its share (default: LM_WORKER_INDEX, SLURM_ARRAY_TASK_ID, "
+        "or a Kubernetes indexed Job's JOB_COMPLETION_INDEX)",
+    )
+    r.add_argument(
+        "--num-workers",
+        type=int,
+        metavar="N",
+        help="many hosts: how many share the sweep (default: LM_NUM_WORKERS or "
+        "SLURM_ARRAY_TASK_COUNT); the last to finish writes the report",
+    )
     r.add_argument(
         "--distributed",
         action="store_true",
