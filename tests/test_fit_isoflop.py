@@ -273,3 +273,21 @@ def test_cli_approach2_writes_the_approach2_document(tmp_path, capsys):
     assert "dropped budget" in capsys.readouterr().out
     assert commands.main(argv) == 0
     assert "ci95" not in json.loads(out.read_text())["approach2"]
+
+
+def test_cli_fits_only_a_sweeps_main_rows(tmp_path):
+    # A sweep's results.csv also holds LR-sweep runs at other rates: those rows must not join
+    # the IsoFLOP budgets (one at a budget's compute would bend its profile).
+    import csv
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "experiments/results/cpu-tiny"
+    rows = list(csv.DictReader((src / "results.csv").open()))
+    assert {r["group"] for r in rows} >= {"main", "lr", "seed"}
+    out = tmp_path / "fit.json"
+    argv = ["fit", "--runs", str(src / "results.csv"), "--approach", "2", "--out", str(out),
+            "--n-column", "N_out", "--flops-column", "C_6N_out_attn",
+            "--no-extrapolation"]  # fmt: skip
+    assert commands.main(argv) == 0
+    doc = json.loads(out.read_text())["approach2"]
+    assert doc["budgets_used"] == 8 and doc["budgets_dropped"] == []

@@ -2,7 +2,8 @@
 
     lm scaling fit --runs runs.csv --approach 3 --bootstrap 1000 --out fit.json
 
-The CSV needs columns for model size N (parameters), training tokens D and final loss (names
+A `group` column (as in a sweep's results.csv) keeps only the rows whose group is `main` or
+empty. The CSV needs columns for model size N (parameters), training tokens D and final loss (names
 set by --n-column, --d-column, --loss-column); compute C (FLOPs, --flops-column) is optional
 and defaults to 6ND. Every value must be a positive number. An optional run-label column
 (--run-column, default 'name' when present) says which rows are checkpoints of one training
@@ -124,6 +125,13 @@ def read_runs(
             raise F.FitError(f"column {col!r} ({flag}) not in {path}; columns: {', '.join(header)}")
     if not rows:
         raise F.FitError(f"{path} has a header but no data rows")
+    if "group" in header:
+        # A sweep's results.csv also holds its LR-sweep runs, extra seeds and cosine controls:
+        # other learning rates and repeats of one point, not members of the scaling family.
+        kept = [r for r in rows if (r.get("group") or "").strip() in ("", "main")]
+        if not kept:
+            raise F.FitError(f"{path}: no rows with group 'main' (or empty)")
+        rows = kept
     cols = [n_col, d_col, loss_col] + ([c_col] if c_col else [])
     values: dict[str, list[float]] = {c: [] for c in cols}
     labels: list[str] = []
