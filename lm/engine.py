@@ -131,14 +131,8 @@ def admit(params, slots: Slots, rows_n, tokens_nP, lens_n, key_n, temp_n, top_k_
 
     Rows equal to B (padding) are computed and dropped by the scatters."""
     params = sampling._compute_params(params, cfg)
-    n, P = tokens_nP.shape
-    dtype = jnp.dtype(cfg.compute_dtype)
-    shape = (cfg.n_layers, n, P, cfg.kv_heads, cfg.head_dim)
-    cache_n = model.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-    pos_nP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (n, P))
-    kv_mask = jnp.arange(P)[None, :] < lens_n[:, None]  # padding is never a key
-    logits_nPV, cache_n = sampling._forward_cached(params, cfg, tokens_nP, pos_nP, cache_n, kv_mask)
-    last_nV = jnp.take_along_axis(logits_nPV, (lens_n - 1)[:, None, None], axis=1)[:, 0]
+    P = tokens_nP.shape[1]
+    last_nV, cache_n = sampling.prefill_last(params, cfg, tokens_nP, lens_n, P)
     zero_n = jnp.zeros_like(lens_n)
     drawn = draw_rows(last_nV, key_n, zero_n, temp_n, top_k_n, top_p_n, min_p_n, n_top)
     put = lambda a, v: a.at[rows_n].set(v, mode="drop")

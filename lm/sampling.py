@@ -327,12 +327,9 @@ def _decode_forward(params, cfg, tok_B, pos_B, cache: model.KVCache, span: int |
     return logits_BV, cache
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "max_new", "top_k", "greedy"))
-def _prefill(
-    params, tokens_BP, lens_B, key, sp, eos_id, pad_id, *, cfg, cache_len, max_new, top_k, greedy
-) -> DecodeState:
-    """Fill a fresh cache with the right-padded prompts and draw each one's first new token."""
-    params = _compute_params(params, cfg)
+def prefill_last(params, cfg, tokens_BP, lens_B, cache_len: int):
+    """A fresh cache of `cache_len` slots filled with the right-padded prompts, and the logits
+    at each prompt's last token: ([B, V], cache). `params` already in compute precision."""
     B, P = tokens_BP.shape
     dtype = jnp.dtype(cfg.compute_dtype)
     shape = (cfg.n_layers, B, cache_len, cfg.kv_heads, cfg.head_dim)
@@ -341,6 +338,17 @@ def _prefill(
     kv_mask_BS = jnp.arange(cache_len)[None, :] < lens_B[:, None]  # padding is never a key
     logits_BPV, cache = _forward_cached(params, cfg, tokens_BP, pos_BP, cache, kv_mask_BS)
     last_BV = jnp.take_along_axis(logits_BPV, (lens_B - 1)[:, None, None], axis=1)[:, 0]
+    return last_BV, cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "max_new", "top_k", "greedy"))
+def _prefill(
+    params, tokens_BP, lens_B, key, sp, eos_id, pad_id, *, cfg, cache_len, max_new, top_k, greedy
+) -> DecodeState:
+    """Fill a fresh cache with the right-padded prompts and draw each one's first new token."""
+    params = _compute_params(params, cfg)
+    B = tokens_BP.shape[0]
+    last_BV, cache = prefill_last(params, cfg, tokens_BP, lens_B, cache_len)
     tok_B = _draw(key, 0, last_BV, sp, top_k, greedy)
     out_BN = jnp.full((B, max_new), pad_id, jnp.int32).at[:, 0].set(tok_B)
     return DecodeState(cache, tok_B, lens_B, out_BN, tok_B == eos_id, jnp.int32(1))

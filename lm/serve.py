@@ -599,25 +599,23 @@ def create_app(served: Served, api_key: str | None = None):
 
         return inspector.info(served)
 
-    @app.post("/api/inspect")
-    async def inspect_(request: Request):
+    async def _inspector_call(request: Request, what: str):
+        # The page's numbers: computed off the event loop, a bad prompt is a 400.
         from lm import inspector
 
         body = await _body(request, InspectBody)
         try:
-            return await asyncio.to_thread(inspector.inspect, served, body)
+            return await asyncio.to_thread(getattr(inspector, what), served, body)
         except ValueError as e:
             raise ApiError(400, str(e)) from None
+
+    @app.post("/api/inspect")
+    async def inspect_(request: Request):
+        return await _inspector_call(request, "inspect")
 
     @app.post("/api/stages")
     async def stages(request: Request):
-        from lm import inspector
-
-        body = await _body(request, InspectBody)
-        try:
-            return await asyncio.to_thread(inspector.stages, served, body)
-        except ValueError as e:
-            raise ApiError(400, str(e)) from None
+        return await _inspector_call(request, "stages")
 
     return app
 
