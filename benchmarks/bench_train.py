@@ -22,13 +22,14 @@ share is that time over the call's time (the loop prefetches it on a thread, so 
 
 Compile time vs depth: the train step at 2 and 12 layers, 64 and 384 wide (the layer scan
 should keep 12 within 1.5x of 2). --compare-autodiff also times the plain autodiff formulation
-of the layers (`lm.model._fast_grads` off), interleaved call by call with the default one. If
+of the layers (`model.grad_impl=autodiff`), interleaved call by call with the default one. If
 torch is installed, an equivalent PyTorch eager GPT (AdamW + clipping) is timed alongside.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -45,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lm import data, flops, model, peak, sharding, train  # noqa: E402
+from lm import data, flops, peak, sharding, train  # noqa: E402
 from lm.config import PRESETS, Config, from_dict  # noqa: E402
 
 SIZES = {
@@ -217,12 +218,8 @@ def main() -> None:
             cfg = make_config(size, args.steps_per_call)
             variants = {"jax": Step(cfg)}
             if args.compare_autodiff:
-                fast = model._fast_grads
-                model._fast_grads = lambda _cfg: False
-                try:
-                    variants["jax autodiff"] = Step(cfg)
-                finally:
-                    model._fast_grads = fast
+                m = dataclasses.replace(cfg.model, grad_impl="autodiff")
+                variants["jax autodiff"] = Step(dataclasses.replace(cfg, model=m))
             calls = args.calls * (4 if size == "a" else 1)
             for _ in range(calls):
                 for v in variants.values():  # interleaved: both see the same load

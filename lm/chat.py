@@ -217,7 +217,7 @@ def run(session: Session, stdin: TextIO = sys.stdin) -> int:
 
 
 def cmd_chat(args) -> int:
-    from lm.cli import UsageError
+    from lm.cliutil import UsageError
     from lm.sampling_cli import _need_transformer, check_sampling, open_run
 
     args.num_samples = 1

@@ -6,64 +6,24 @@ Bad input ends with one line on stderr naming the culprit and exit status 2, bef
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+# Re-exported: the helpers the subcommand modules share live in lm.cliutil, which imports no
+# other lm module, so those modules need not import this one (which imports them).
+from lm.cliutil import (  # noqa: F401
+    UsageError,
+    add_set_option,
+    check_out_dir,
+    init_distributed,
+    split_set_groups,
+)
 
 EPILOG_SET = (
     "Override any config key with --set SECTION.KEY=VALUE (repeatable), "
     "e.g. --set model.d_model=256 train.lr=3e-4. Sections: model, data, train, mesh; "
     "top-level keys: kind (transformer|bigram), preset (gpt2|llama|none)."
 )
-
-
-class UsageError(Exception):
-    """A one-line user error (bad path, bad value): printed without a traceback."""
-
-
-def add_set_option(p: argparse.ArgumentParser, help: str) -> None:
-    """`--set KEY=VALUE ...`, repeatable, as every command that takes overrides spells it."""
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=help)
-
-
-def split_set_groups(argv: list[str]) -> list[str]:
-    """`--set a=1 b=2 text` as `--set=a=1 --set=b=2 text`: argparse's `nargs="+"` would take
-    `text`, the command's positional, as one more override. A group ends at the first word
-    that is not KEY=VALUE (no `=`, or blanks before it), or at `--`."""
-
-    def key_value(a: str) -> bool:
-        key, eq, _ = a.partition("=")
-        return bool(eq) and not a.startswith("-") and not any(c.isspace() for c in key)
-
-    out: list[str] = []
-    in_set = False
-    for i, a in enumerate(argv):
-        if a == "--":
-            out += argv[i:]
-            break
-        if in_set and key_value(a):
-            out.append(f"--set={a}")
-            continue
-        in_set = a == "--set" and i + 1 < len(argv) and key_value(argv[i + 1])
-        if not in_set:  # a --set without a KEY=VALUE after it is left for argparse to report
-            out.append(a)
-    return out
-
-
-def check_out_dir(path: str | Path, flag: str = "--out") -> None:
-    """One line when `path` cannot be (or become) a writable directory: it is a file, lies
-    under one, or the nearest directory that exists is not writable. Checked before any
-    compute, so a long job never fails at its first save."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"{flag} {path}: is a file, not a directory")
-    q = p
-    while not q.exists() and q != q.parent:
-        q = q.parent
-    if not q.is_dir():
-        raise UsageError(f"{flag} {path}: {q} is a file, so no directory can be made under it")
-    if not os.access(q, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {q} is not writable")
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -78,29 +38,6 @@ def _load_config(args):
 
 
 # ---------------------------------------------------------------- train / eval
-
-
-def init_distributed(args) -> None:
-    """Join a multi-process run before JAX touches a device.
-
-    TPU pod slices and SLURM/GPU clusters are detected by `jax.distributed.initialize()` itself
-    (`--distributed`); elsewhere give the coordinator, process count and id as flags or as
-    LM_COORDINATOR, LM_NUM_PROCESSES and LM_PROCESS_ID."""
-    import os
-
-    coord = args.coordinator or os.environ.get("LM_COORDINATOR")
-    if coord:
-        import jax
-
-        n = args.num_processes or os.environ.get("LM_NUM_PROCESSES")
-        i = args.process_id if args.process_id is not None else os.environ.get("LM_PROCESS_ID")
-        if n is None or i is None:
-            raise UsageError("--coordinator needs --num-processes and --process-id")
-        jax.distributed.initialize(coord, num_processes=int(n), process_id=int(i))
-    elif args.distributed:
-        import jax
-
-        jax.distributed.initialize()
 
 
 def cmd_train(args) -> int:
@@ -418,7 +355,7 @@ def _add_optional(sub) -> None:
             add_plot_parser = None
         if add_plot_parser is not None:
             add_plot_parser(ssub)
-    from lm.scaling.sweep import add_sweep_parser
+    from lm.scaling.sweep_cli import add_sweep_parser
 
     add_sweep_parser(sub)
     from lm.hf import add_parsers as add_hf_parsers
@@ -426,10 +363,12 @@ def _add_optional(sub) -> None:
     add_hf_parsers(sub)
     try:
         from lm.sampling_cli import add_parsers
+        from lm.serve_cli import add_parsers as add_serve_parsers
     except ImportError:
-        add_parsers = None
+        add_parsers = add_serve_parsers = None
     if add_parsers is not None:
         add_parsers(sub)
+        add_serve_parsers(sub)  # serve and chat, after sample, inspect, embed-sim and export
 
 
 def loop_errors():
@@ -485,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Through the package, so `python -m lm.cli` and the `lm` script share one UsageError class.
+    # Through the package, so `python -m lm.cli` runs the module the `lm` script runs, not a
+    # second copy of it named __main__.
     from lm.cli import main as _main
 
     sys.exit(_main())

@@ -8,18 +8,65 @@ Vary a config in code with `dataclasses.replace`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A bad config value; the message is one line naming the key and the value."""
+
+
+# ---------------------------------------------------------------- what a key may change
+# Field metadata says how a key may differ between two runs; `key_flags` reads it:
+#   resumable  a resumed run directory may change it: it changes how the run goes, not what
+#              it learns (lm.loop.check_run_dir refuses a change to any other key);
+#   compiled   a compiled program depends on it: it is part of lm.loop.program_key.
+# A key that says nothing is compiled in and not resumable, the safe side, so a new key needs
+# no entry anywhere to be handled correctly. Metadata on a section's field in `Config` holds
+# for each of its keys, unless the key's own says otherwise.
+NOT_COMPILED = MappingProxyType({"compiled": False})  # e.g. a number the programs take as input
+RESUMABLE = MappingProxyType({"resumable": True})
+HOST_SIDE = MappingProxyType({"compiled": False, "resumable": True})  # only the host reads it
+
+
+class KeyFlags(NamedTuple):
+    resumable: bool = False
+    compiled: bool = True
+
+
+def key_flags(cls: type | None = None) -> dict[str, KeyFlags]:
+    """Every key of `cls` (default `Config`), dotted as in `--set`, with its flags."""
+    return _key_flags(Config if cls is None else cls, "", {})
+
+
+def _key_flags(cls: type, prefix: str, inherited: dict[str, bool]) -> dict[str, KeyFlags]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        flags = {**inherited, **{k: v for k, v in f.metadata.items() if k in KeyFlags._fields}}
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_key_flags(hints[f.name], f"{prefix}{f.name}.", flags))
+        else:
+            out[f"{prefix}{f.name}"] = KeyFlags(**flags)
+    return out
+
+
+@functools.cache
+def resumable_keys() -> frozenset[str]:
+    return frozenset(k for k, f in key_flags().items() if f.resumable)
+
+
+@functools.cache
+def uncompiled_keys() -> frozenset[str]:
+    return frozenset(k for k, f in key_flags().items() if not f.compiled)
 
 
 @dataclass(frozen=True)
@@ -52,6 +99,9 @@ class ModelConfig:
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "full", "dots"] = "none"  # activation rematerialisation per layer
     scan_layers: bool = True  # scan keeps compile time flat in depth
+    # Backward passes: "custom" uses lm.kernels.cpu (hand-written, faster on XLA:CPU),
+    # "autodiff" JAX's own; "auto" picks custom for float32 compute without remat.
+    grad_impl: Literal["auto", "custom", "autodiff"] = "auto"
 
     @property
     def kv_heads(self) -> int:
@@ -93,7 +143,8 @@ class DataConfig:
     tokenizer: Literal["byte", "bpe", "unigram"] = "byte"
     tokenizer_vocab: int = 4096  # for bpe/unigram
     tokenizer_sample_bytes: int = 20_000_000  # corpus sample the tokenizer is trained on
-    cache_dir: str = "~/.cache/lm"  # tokenized corpora, keyed by corpus + tokenizer
+    # tokenized corpora, keyed by corpus + tokenizer
+    cache_dir: str = field(default="~/.cache/lm", metadata=HOST_SIDE)
     # Synthetic tasks (source "task:sort" / "task:add", see lm/tasks.py); ignored otherwise.
     # Held-out inputs are chosen by hash with probability val_fraction.
     task_length: int = 6  # sort: letters per sequence
@@ -108,31 +159,40 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    seed: int = 0
+    # Not compiled in: the schedule is numbers in the state, the seed an argument of the init
+    # program, the number of eval windows how often the eval program runs.
+    seed: int = field(default=0, metadata=NOT_COMPILED)
     seq_len: int = 128
     batch_size: int = 32  # sequences per optimizer step (across all devices and micro-steps)
     grad_accum: int = 1  # micro-batches per optimizer step
-    steps: int = 1000
-    lr: float = 3e-3
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2  # wsd: share of steps spent in the final decay
-    min_lr_ratio: float = 0.1  # cosine floor / wsd end, as a fraction of lr
+    steps: int = field(default=1000, metadata=NOT_COMPILED)
+    lr: float = field(default=3e-3, metadata=NOT_COMPILED)
+    schedule: Literal["cosine", "wsd", "constant"] = field(default="cosine", metadata=NOT_COMPILED)
+    warmup_steps: int = field(default=100, metadata=NOT_COMPILED)
+    # wsd: share of steps spent in the final decay
+    decay_fraction: float = field(default=0.2, metadata=NOT_COMPILED)
+    # cosine floor / wsd end, as a fraction of lr
+    min_lr_ratio: float = field(default=0.1, metadata=NOT_COMPILED)
     weight_decay: float = 0.1
     decay_embeddings: bool = False  # weight decay on embeddings (never on norms and biases)
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
     clip_norm: float = 1.0  # global-norm clipping; 0 disables
-    steps_per_call: int = 10  # optimizer steps fused into one jitted call (fewer dispatches)
-    log_every: int = 10
-    eval_every: int = 200
-    eval_windows: int = 64  # fixed validation windows of seq_len+1 tokens
-    ckpt_every: int = 200
-    keep_ckpts: int = 3
-    peak_flops: float | None = None  # FLOP/s for MFU; None: measured once per machine, cached
-    sample_every: int = 0  # print a short sample every K steps; 0: only at the end
-    sample_tokens: int = 200
+    # optimizer steps fused into one jitted call (fewer dispatches); compiled in, yet a run
+    # resumes with another: each call's steps are the same steps
+    steps_per_call: int = field(default=10, metadata=RESUMABLE)
+    log_every: int = field(default=10, metadata=HOST_SIDE)
+    eval_every: int = field(default=200, metadata=HOST_SIDE)
+    # fixed validation windows of seq_len+1 tokens
+    eval_windows: int = field(default=64, metadata=NOT_COMPILED)
+    ckpt_every: int = field(default=200, metadata=HOST_SIDE)
+    keep_ckpts: int = field(default=3, metadata=HOST_SIDE)
+    # FLOP/s for MFU; None: measured once per machine, cached
+    peak_flops: float | None = field(default=None, metadata=HOST_SIDE)
+    # print a short sample every K steps; 0: only at the end
+    sample_every: int = field(default=0, metadata=HOST_SIDE)
+    sample_tokens: int = field(default=200, metadata=HOST_SIDE)
 
 
 @dataclass(frozen=True)
@@ -150,9 +210,11 @@ class BigramConfig:
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    # data.* only changes the batches, which are inputs of the programs
+    data: DataConfig = field(default_factory=DataConfig, metadata=NOT_COMPILED)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mesh: MeshConfig = field(default_factory=MeshConfig)
+    # a checkpoint restores onto any mesh
+    mesh: MeshConfig = field(default_factory=MeshConfig, metadata=RESUMABLE)
     bigram: BigramConfig = field(default_factory=BigramConfig)
     kind: Literal["transformer", "bigram"] = "transformer"
     preset: Literal["gpt2", "llama", "none"] = "none"
@@ -403,19 +465,22 @@ def validate(cfg: Config) -> None:
     _check(d.tokenizer_vocab >= 260, "data.tokenizer_vocab", d.tokenizer_vocab, "must be >= 260")
     if d.max_docs is not None:
         _check(d.max_docs >= 2, "data.max_docs", d.max_docs, "must be >= 2")
-    _check_source(d.source)
+    # The source checks itself (lm.sources imports no module that imports this one).
+    from lm import sources
+
+    try:
+        source = sources.source_for(d)
+        source.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _check_path(d.cache_dir, "data.cache_dir")
     tok_vocab = 259 if d.tokenizer == "byte" else d.tokenizer_vocab
     tok_name = d.tokenizer
-    if d.source.startswith("task:"):
-        from lm import tasks
-
-        try:
-            tasks.check(d)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        tok_vocab, tok_name = tasks.tokenizer_for(d).vocab_size, f"{d.source} symbol"
-        width = tasks.example_width(d)
+    fixed = source.tokenizer()  # a task's symbols
+    if fixed is not None:
+        tok_vocab, tok_name = fixed.vocab_size, d.source
+    width = source.example_width()
+    if width is not None:
         _check(
             t.seq_len == width - 1,
             "train.seq_len",
@@ -480,16 +545,3 @@ def _check_path(value: str, key: str) -> Path:
         raise ConfigError(
             f"{key}={value!r}: cannot expand its ~ (no such home directory)"
         ) from None
-
-
-def _check_source(source: str) -> None:
-    if source == "stdlib" or source.startswith(("hf:", "task:")):
-        return
-    p = _check_path(source, "data.source")
-    if any(c in source for c in "*?["):
-        import glob
-
-        matches = glob.glob(str(p), recursive=True)
-        _check(bool(matches), "data.source", source, "glob matches no file")
-        return
-    _check(p.exists(), "data.source", source, "no such file or directory")

@@ -69,8 +69,8 @@ class Drawn(NamedTuple):
 
     tok_B: jax.Array
     logprob_B: jax.Array  # of the model's own distribution (raw logits, temperature 1)
-    top_ids_BN: jax.Array  # [B, MAX_TOP_LOGPROBS] (N = 0 when no slot asked)
-    top_logprobs_BN: jax.Array
+    top_ids_BE: jax.Array  # [B, MAX_TOP_LOGPROBS] (E = 0 when no slot asked)
+    top_logprobs_BE: jax.Array
 
 
 def init_slots(cfg: ModelConfig, batch: int) -> Slots:
@@ -172,9 +172,9 @@ def decode(params, slots: Slots, *, cfg: ModelConfig, steps: int, n_top: int,
         cache, s = carry
         # a slot past its sequence's end keeps stepping until the boundary; clamping keeps
         # its writes inside its own row and the span (the host never reads them)
-        pos_R = jnp.minimum(s.pos_B, last)
-        logits_RV, cache = sampling._decode_forward(params, cfg, s.tok_B, pos_R, cache, span)
-        d = draw_rows(logits_RV, s.key_B, s.t_B, s.temperature_B, s.top_k_B, s.top_p_B,
+        pos_B = jnp.minimum(s.pos_B, last)
+        logits_BV, cache = sampling._decode_forward(params, cfg, s.tok_B, pos_B, cache, span)
+        d = draw_rows(logits_BV, s.key_B, s.t_B, s.temperature_B, s.top_k_B, s.top_p_B,
                       s.min_p_B, n_top)  # fmt: skip
         s = s._replace(tok_B=d.tok_B, pos_B=s.pos_B + 1, t_B=s.t_B + 1)
         return (cache, s), d

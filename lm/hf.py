@@ -835,7 +835,7 @@ def jax_to_numpy(tree: Any) -> Any:
 
 
 def _usage(msg: str):
-    from lm.cli import UsageError
+    from lm.cliutil import UsageError
 
     return UsageError(msg)
 
@@ -843,7 +843,7 @@ def _usage(msg: str):
 def cmd_import(args) -> int:
     import logging
 
-    from lm.cli import check_out_dir
+    from lm.cliutil import check_out_dir
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on every save
     check_out_dir(args.out)
@@ -881,7 +881,7 @@ def cmd_export(args) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register import-hf and export-hf on the `lm` subparsers."""
-    from lm.cli import add_set_option  # lm.cli imports this module's parsers
+    from lm.cliutil import add_set_option
 
     i = sub.add_parser(
         "import-hf",

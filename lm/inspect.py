@@ -16,16 +16,15 @@ fallback pieces are grouped back into characters, `こ[E3]` being the first of t
 of 'こ'. Figures use DejaVu Sans with a CJK fallback font (`lm.fonts`); a glyph that no font
 has is matplotlib's warning, which the tests turn into an error.
 
-The forward pass here is `model.block` in a Python loop over `model.layer_params`, so each
-layer's output and attention weights can be kept; `recorded_forward` gives the same logits
-as `model.apply` (tested). `embedding_similarity` compares words by their token embeddings.
+The forward pass here is `model.block` in a Python loop over `model.layer_params`, which
+records each layer's intermediates (`rec`); `recorded_forward` gives the same logits as
+`model.apply` (tested). `embedding_similarity` compares words by their token embeddings.
 Figures are PNGs drawn with matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import Any
 
@@ -65,23 +64,10 @@ def recorded_forward(
 
 @functools.partial(jax.jit, static_argnames="cfg")  # one compile instead of ~100 op by op
 def _recorded(params, tokens_BT, *, cfg: ModelConfig):
-    pos_BT = jnp.arange(tokens_BT.shape[1])[None]
-    x_BTD = model.embed(params, tokens_BT, pos_BT, cfg)
-    embedded, layers, attention = x_BTD[0], [], []
-    dtype = x_BTD.dtype  # model.apply casts the layer weights to the compute dtype; so must we
-    for i in range(cfg.n_layers):
-        p = jax.tree.map(lambda a: a.astype(dtype), model.layer_params(params, i))
-        x_BTD, _, w_BKGTS = model.block(p, x_BTD, pos_BT, cfg)
-        layers.append(x_BTD[0])
-        K, G, T, S = w_BKGTS.shape[1:]
-        # query head n is kv head n // G, member n % G (model._attention's reshape)
-        attention.append(w_BKGTS[0].reshape(K * G, T, S))
-    logits_BTV = model.unembed(params, x_BTD, cfg).astype(jnp.float32)
-    return {
-        "embedded": embedded,
-        "layers": jnp.stack(layers),
-        "attention": jnp.stack(attention),
-        "logits": logits_BTV[0],
+    out = _stages(params, tokens_BT, cfg=cfg)
+    return {k: out[k] for k in ("embedded", "logits")} | {
+        "layers": out["x_out"],
+        "attention": out["attention"],
     }
 
 
@@ -106,61 +92,27 @@ def recorded_stages(params, cfg: ModelConfig, tokens: list[int]) -> dict[str, An
     """Every intermediate of one sequence's forward pass, layer by layer (see STAGES), plus
     "embedded" [T, D], "final_norm" [T, D] and "logits" [T, V].
 
-    Written out op by op from the parameters (not through `model.block`), so that tests can
-    hold it against `model.apply`: the same logits mean every stage shown is the model's."""
+    Recorded by `model.block` itself (its `rec` argument), so every stage shown is one the
+    model computes; tests hold the logits to `model.apply`."""
     out = _stages(params, jnp.asarray([tokens], jnp.int32), cfg=cfg)
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _stages(params, tokens_BT, *, cfg: ModelConfig):
-    T = tokens_BT.shape[1]
-    pos_BT = jnp.arange(T)[None]
+    pos_BT = jnp.arange(tokens_BT.shape[1])[None]
     x_BTD = model.embed(params, tokens_BT, pos_BT, cfg)
-    dtype = x_BTD.dtype
-    rec: dict[str, list] = {k: [] for k in STAGES}
-    causal_TS = jnp.tril(jnp.ones((T, T), bool))
     embedded = x_BTD[0]
+    dtype = x_BTD.dtype  # model.apply casts the layer weights to the compute dtype; so must we
+    layers: list[dict] = []
     for i in range(cfg.n_layers):
         p = jax.tree.map(lambda a: a.astype(dtype), model.layer_params(params, i))
-        h_BTD = model._norm(p["attn_norm"], x_BTD, cfg)
-        q_BTNH = jnp.einsum("BTD,DNH->BTNH", h_BTD, p["wq"])
-        k_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, p["wk"])
-        v_BTKH = jnp.einsum("BTD,DKH->BTKH", h_BTD, p["wv"])
-        if "bq" in p:
-            q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["bq"], k_BTKH + p["bk"], v_BTKH + p["bv"]
-        if cfg.positions == "rope":
-            q_BTNH = model.rope(q_BTNH, pos_BT, cfg)  # with the config's rope_scaling
-            k_BTKH = model.rope(k_BTKH, pos_BT, cfg)
-        N, H = q_BTNH.shape[2:]
-        G = N // k_BTKH.shape[2]  # query head n reads kv head n // G
-        k_BTNH, v_BTNH = jnp.repeat(k_BTKH, G, axis=2), jnp.repeat(v_BTKH, G, axis=2)
-        s_BNTS = jnp.einsum("BTNH,BSNH->BNTS", q_BTNH, k_BTNH).astype(jnp.float32) / math.sqrt(H)
-        w_BNTS = jax.nn.softmax(jnp.where(causal_TS, s_BNTS, -jnp.inf), axis=-1).astype(dtype)
-        o_BTNH = jnp.einsum("BNTS,BSNH->BTNH", w_BNTS, v_BTNH)
-        a_BTD = jnp.einsum("BTNH,NHD->BTD", o_BTNH, p["wo"])
-        if "bo" in p:
-            a_BTD = a_BTD + p["bo"]
-        mid_BTD = x_BTD + a_BTD
-        g_BTD = model._norm(p["mlp_norm"], mid_BTD, cfg)
-        up_BTF = g_BTD @ p["w_up"] + (p["b_up"] if "b_up" in p else 0)
-        if cfg.mlp == "swiglu":
-            f_BTF = jax.nn.silu(g_BTD @ p["w_gate"]) * up_BTF
-        else:
-            f_BTF = jax.nn.gelu(up_BTF, approximate=True)
-        m_BTD = f_BTF @ p["w_down"] + (p["b_down"] if "b_down" in p else 0)
-        stage = dict(
-            x_in=x_BTD, attn_norm=h_BTD, q=q_BTNH, k=k_BTKH, v=v_BTKH, attention=w_BNTS,
-            heads=o_BTNH, attn_out=a_BTD, x_mid=mid_BTD, mlp_norm=g_BTD, mlp_hidden=f_BTF,
-            mlp_out=m_BTD, x_out=mid_BTD + m_BTD,
-        )  # fmt: skip
-        for k, v in stage.items():
-            rec[k].append(v[0])
-        x_BTD = mid_BTD + m_BTD
+        layers.append({})
+        x_BTD, _ = model.block(p, x_BTD, pos_BT, cfg, rec=layers[-1])
     return {
         "embedded": embedded,
-        **{k: jnp.stack(v) for k, v in rec.items()},
-        "final_norm": model._norm(params["final_norm"], x_BTD, cfg)[0],
+        **{k: jnp.stack([rec[k][0] for rec in layers]) for k in STAGES},
+        "final_norm": model.norm(params["final_norm"], x_BTD, cfg)[0],
         "logits": model.unembed(params, x_BTD, cfg).astype(jnp.float32)[0],
     }
 
@@ -584,27 +536,27 @@ def embedding_similarity(
         if not ids:
             raise ValueError(f"word {w!r}: encodes to no tokens")
         vecs.append(embed[ids].mean(0))
-    X_WD = np.stack(vecs)
-    unit_WD = X_WD / np.maximum(np.linalg.norm(X_WD, axis=-1, keepdims=True), 1e-30)
-    cos_WW = unit_WD @ unit_WD.T
-    centered_WD = X_WD - X_WD.mean(0)
-    _, s, vt = np.linalg.svd(centered_WD, full_matrices=False)
-    xy_W2 = np.zeros((len(words), 2))
+    X_QD = np.stack(vecs)
+    unit_QD = X_QD / np.maximum(np.linalg.norm(X_QD, axis=-1, keepdims=True), 1e-30)
+    cos_QQ = unit_QD @ unit_QD.T
+    centered_QD = X_QD - X_QD.mean(0)
+    _, s, vt = np.linalg.svd(centered_QD, full_matrices=False)
+    xy_Q2 = np.zeros((len(words), 2))
     k = min(2, vt.shape[0])
-    xy_W2[:, :k] = centered_WD @ vt[:k].T
+    xy_Q2[:, :k] = centered_QD @ vt[:k].T
     var = s**2
     explained = (var[:2] / var.sum()).tolist() if var.sum() > 0 else [0.0, 0.0]
     result = {
         "words": list(words),
-        "cosine": cos_WW.tolist(),
-        "pca": xy_W2.tolist(),
+        "cosine": cos_QQ.tolist(),
+        "pca": xy_Q2.tolist(),
         "explained_variance": explained,
     }
     if png is not None:
         fig = _figure(5, 4.5)
         ax = fig.subplots()
-        ax.scatter(xy_W2[:, 0], xy_W2[:, 1])
-        for (x, y), w in zip(xy_W2, words, strict=True):
+        ax.scatter(xy_Q2[:, 0], xy_Q2[:, 1])
+        for (x, y), w in zip(xy_Q2, words, strict=True):
             ax.annotate(_label(w), (x, y), textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")

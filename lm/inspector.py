@@ -25,7 +25,10 @@ MAX_STAGE_NUMBERS = 400_000  # stage matrices above this many numbers are left o
 
 
 def info(served) -> dict[str, Any]:
+    from lm.sources import source_for
+
     m, tok = served.m, served.tok
+    source = source_for(served.cfg.data)
     return {
         "model": served.name,
         "kind": served.cfg.kind,
@@ -39,7 +42,7 @@ def info(served) -> dict[str, Any]:
         "tokenizer": type(tok).__name__,
         "bos_id": tok.bos_id,
         "eos_id": tok.eos_id,
-        "task": served.cfg.data.source if served.cfg.data.source.startswith("task:") else None,
+        "task": source.source if source.kind == "task" else None,
     }
 
 

@@ -10,6 +10,12 @@ Layout of a run directory:
 Running the same command on an existing run directory resumes from its latest checkpoint; the
 batch at step s is a pure function of (seed, s), so the resumed run reproduces the losses of an
 uninterrupted one.
+
+A run, in steps: `restore_or_init` gives the train state and its step; `call_schedule` (pure)
+cuts the steps left into calls of the one compiled program, each with the events due at its
+end; `train_calls` runs them, threading the train state and a host-side `RunState` through
+`dispatch`, `flush` (metrics, with the divergence check `first_nonfinite_step`), `run_eval`
+and `save_checkpoint`, each of which returns the new state rather than changing a shared one.
 """
 
 from __future__ import annotations
@@ -24,14 +30,14 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from lm import checkpoint, data, flops, runlock, sharding, train
 from lm import config as config_lib
-from lm.config import Config, ConfigError
+from lm.config import Config, ConfigError, TrainConfig
 from lm.tokenizer import (
     BYTE_FILE,
     SP_FILE,
@@ -40,23 +46,6 @@ from lm.tokenizer import (
     load_tokenizer,
     save_tokenizer,
 )
-
-# Keys that may differ when a run is resumed: they change how it runs, not what is learned.
-RESUMABLE_KEYS = {
-    "train.log_every",
-    "train.eval_every",
-    "train.ckpt_every",
-    "train.keep_ckpts",
-    "train.sample_every",
-    "train.sample_tokens",
-    "train.peak_flops",
-    "data.cache_dir",
-    "train.steps_per_call",
-    # a checkpoint restores onto any mesh
-    "mesh.data",
-    "mesh.fsdp",
-    "mesh.tensor",
-}
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,14 +74,15 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def check_run_dir(cfg: Config, run_dir: Path) -> bool:
     """Check cfg against the run directory's saved config, writing nothing. True when the
-    directory holds one (a resume)."""
+    directory holds one (a resume). Only the keys marked resumable in lm.config may differ."""
     saved_path = run_dir / checkpoint.CONFIG_FILE
     if not saved_path.is_file():
         return False
     saved = _flat(config_lib.to_dict(config_lib.load(saved_path)))
     now = _flat(config_lib.to_dict(cfg))
+    resumable = config_lib.resumable_keys()
     for k in sorted(set(saved) | set(now)):
-        if k not in RESUMABLE_KEYS and saved.get(k) != now.get(k):
+        if k not in resumable and saved.get(k) != now.get(k):
             raise ConfigError(
                 f"{k}={now.get(k)!r} differs from {saved.get(k)!r} in {saved_path}; "
                 "use a new --out directory (or the same config) to resume"
@@ -300,32 +290,13 @@ def evaluate(eval_step, params, windows: np.ndarray, token_bytes: np.ndarray, ba
 
 # ---------------------------------------------------------------- compiled programs
 
-# Keys that change no compiled program: the schedule is numbers in the state, the seed an
-# argument of the init program, the rest host-side choices; data.* only changes the batches.
-# Every other key, a future one included, is part of a program's cache key.
-_NOT_COMPILED_IN = {
-    "train.seed",
-    "train.steps",
-    "train.lr",
-    "train.schedule",
-    "train.warmup_steps",
-    "train.decay_fraction",
-    "train.min_lr_ratio",
-    "train.log_every",
-    "train.eval_every",
-    "train.eval_windows",
-    "train.ckpt_every",
-    "train.keep_ckpts",
-    "train.peak_flops",
-    "train.sample_every",
-    "train.sample_tokens",
-}
-
 
 def program_key(cfg: Config) -> str:
+    """The cache key of cfg's compiled programs: every key but those lm.config marks as not
+    compiled in (every other key, a future one included, is part of it)."""
     flat = _flat(config_lib.to_dict(cfg))
-    keep = {k: v for k, v in flat.items() if k not in _NOT_COMPILED_IN and not k[:5] == "data."}
-    return json.dumps(keep, sort_keys=True)
+    uncompiled = config_lib.uncompiled_keys()
+    return json.dumps({k: v for k, v in flat.items() if k not in uncompiled}, sort_keys=True)
 
 
 class Programs:
@@ -394,6 +365,9 @@ def programs(cfg: Config) -> Programs:
     return fut.result()
 
 
+# ---------------------------------------------------------------- a run
+
+
 def train_run(
     cfg: Config,
     run_dir: str | Path,
@@ -419,7 +393,6 @@ def train_run(
     process on the same directory is refused instead of writing every line twice."""
     t_begin = time.perf_counter()
     run_dir = Path(run_dir)
-    t_cfg = cfg.train
     is_main = jax.process_index() == 0
     # Every check of the inputs comes before anything is written to run_dir: a mistake leaves
     # no half-made run directory behind to refuse the corrected command.
@@ -431,34 +404,7 @@ def train_run(
             f"{tok.vocab_size} tokens"
         )
     memo = {} if data_memo is None else data_memo
-    dkey = json.dumps([config_lib.to_dict(cfg)["data"], str(tok.identity)], sort_keys=True)
-
-    def cached(key, make):
-        if key not in memo:
-            try:
-                memo[key] = make()
-            except ValueError as e:  # the corpus cannot make this run: empty, binary, tiny
-                why = str(e)
-                if not why.startswith("data.source="):
-                    why = f"data.source={cfg.data.source!r}: {why}"
-                raise ConfigError(why) from None
-        return memo[key]
-
-    tokens = cached(dkey, lambda: data.prepare_data(cfg.data, tok, progress=progress and is_main))
-    if len(tokens.train) < t_cfg.seq_len + 1:
-        raise ConfigError(
-            f"data.source={cfg.data.source!r}: the training split has {len(tokens.train)} "
-            f"tokens, fewer than one window of train.seq_len + 1 = {t_cfg.seq_len + 1}; use "
-            "more text or a smaller train.seq_len"
-        )
-    windows = cached(
-        (dkey, t_cfg.eval_windows, t_cfg.seq_len),
-        lambda: data.val_windows(tokens.val, t_cfg.eval_windows, t_cfg.seq_len),
-    )
-    uni = cached(
-        (dkey, cfg.model.vocab_size),
-        lambda: unigram_entropy(tokens.train, tokens.val, cfg.model.vocab_size),
-    )
+    tokens, windows, uni = load_data(cfg, tok, memo, progress=progress and is_main)
     lock = runlock.hold(run_dir, warn=print_fn) if is_main else contextlib.nullcontext()
     with lock:
         start = init_from[1] if init_from is not None else 0
@@ -471,6 +417,44 @@ def train_run(
             progress=progress, stop_after=stop_after, init_from=init_from, print_fn=print_fn,
             bar_position=bar_position,
         )  # fmt: skip
+
+
+def load_data(
+    cfg: Config, tok: Tokenizer, memo: dict, progress: bool
+) -> tuple[data.TokenData, np.ndarray, float]:
+    """The corpus mapped to tokens, the validation windows and the unigram entropy, each kept
+    in `memo` for the next run over the same data. A corpus that cannot make this run is a
+    ConfigError naming data.source."""
+    t = cfg.train
+    dkey = json.dumps([config_lib.to_dict(cfg)["data"], str(tok.identity)], sort_keys=True)
+    tokens = _memoized(memo, dkey, cfg, lambda: data.prepare_data(cfg.data, tok, progress=progress))
+    if len(tokens.train) < t.seq_len + 1:
+        raise ConfigError(
+            f"data.source={cfg.data.source!r}: the training split has {len(tokens.train)} "
+            f"tokens, fewer than one window of train.seq_len + 1 = {t.seq_len + 1}; use "
+            "more text or a smaller train.seq_len"
+        )
+    windows = _memoized(
+        memo, (dkey, t.eval_windows, t.seq_len), cfg,
+        lambda: data.val_windows(tokens.val, t.eval_windows, t.seq_len),
+    )  # fmt: skip
+    uni = _memoized(
+        memo, (dkey, cfg.model.vocab_size), cfg,
+        lambda: unigram_entropy(tokens.train, tokens.val, cfg.model.vocab_size),
+    )  # fmt: skip
+    return tokens, windows, uni
+
+
+def _memoized(memo: dict, key: Any, cfg: Config, make) -> Any:
+    if key not in memo:
+        try:
+            memo[key] = make()
+        except ValueError as e:  # the corpus cannot make this run: empty, binary, tiny
+            why = str(e)
+            if not why.startswith("data.source="):
+                why = f"data.source={cfg.data.source!r}: {why}"
+            raise ConfigError(why) from None
+    return memo[key]
 
 
 def _train(
@@ -490,36 +474,195 @@ def _train(
     bar_position: int,
 ) -> dict[str, Any]:
     """train_run's work once its inputs are checked and its directory is held."""
-    t_cfg = cfg.train
+    t = cfg.train
     is_main = jax.process_index() == 0
-    token_bytes = np.zeros(cfg.model.vocab_size, np.int32)
-    token_bytes[: tok.vocab_size] = tok.token_bytes()
-    n_train = len(tokens.train)
-    total_tokens = t_cfg.steps * t_cfg.batch_size * t_cfg.seq_len
-    epochs = total_tokens / max(n_train, 1)
-
+    warn = print_fn if is_main else (lambda *_: None)
     counts = flops.count_params(cfg.model)
-    fpt = flops.flops_per_token(cfg.model, t_cfg.seq_len)
-    if t_cfg.peak_flops:
-        peak = t_cfg.peak_flops
-    else:
-        from lm.peak import peak_flops
-
-        peak = peak_flops(cfg.data.cache_dir)
-    peak_source = "train.peak_flops" if t_cfg.peak_flops else (
-        f"measured once, cached in {Path(cfg.data.cache_dir).expanduser() / 'peak_flops.json'}"
-    )  # fmt: skip
-
-    timings = {"setup": 0.0, "compile": 0.0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0}
+    fpt = flops.flops_per_token(cfg.model, t.seq_len)
+    meter = Throughput(t.batch_size * t.seq_len, fpt["hardware"], *peak_of(cfg))
     t1 = time.perf_counter()
     progs = programs(cfg)  # waits here only when they are compiling
-    timings["compile"] += time.perf_counter() - t1
-    mesh, abstract, shardings = progs.mesh, progs.abstract, progs.shardings
-    mgr = checkpoint.manager(run_dir, keep=t_cfg.keep_ckpts)
+    compile_s = time.perf_counter() - t1
+    mgr = checkpoint.manager(run_dir, keep=t.keep_ckpts)
+    state, start, saved_step = restore_or_init(cfg, run_dir, progs, mgr, init_from, warn=warn)
+    for line in run_banner(cfg, run_dir, start, resuming, tok, len(tokens.train), uni, meter):
+        warn(line)
+    log = MetricsLog(run_dir, start, enabled=is_main)
+    calls = call_schedule(
+        start, t.steps, t.steps_per_call, t.log_every, t.eval_every, t.ckpt_every, stop_after
+    )
+    pi, pc = jax.process_index(), jax.process_count()
+    batches = Prefetcher(lambda c: host_batches(tokens.train, t, c, pi, pc), calls)
+    bar = progress_bar(t.steps, start, bar_position) if progress and is_main else None
+    run = RunState.begin(saved_step, compile_s)
+    evaluator = Evaluator(progs.eval, windows, token_bytes(tok, cfg.model.vocab_size), t)
     try:
-        warn = print_fn if is_main else (lambda *_: None)
+        state, run = train_calls(
+            progs, state, run, calls, batches, evaluator=evaluator, meter=meter, mgr=mgr,
+            log=log, bar=bar, run_dir=run_dir, warn=warn, t_begin=t_begin,
+        )  # fmt: skip
+        if not run.last_eval and start >= t.steps:
+            run = final_eval_again(evaluator, state, run, start, log)
+    except BaseException:
+        # The first error is the one to report: closing after a failed save (a full disk)
+        # fails again, and would replace it.
+        close_all(mgr, log, bar, quiet=True)
+        raise
+    close_all(mgr, log, bar)
+    summary = {
+        "run_dir": str(run_dir),
+        "params": counts,
+        "flops_per_token": fpt,
+        "unigram_entropy": uni,
+        "timings": run.timings,
+        **{k: v for k, v in run.last_eval.items() if k.startswith("val")},
+        "step": int(jax.device_get(state["step"])),
+    }
+    if run.last_eval:
+        warn(final_line(summary["step"], run.last_eval, uni))
+    return {**summary, "state": state, "tokenizer": tok}
+
+
+def train_calls(
+    progs: Programs,
+    state: dict[str, Any],
+    run: RunState,
+    calls: list[Call],
+    batches: Prefetcher,
+    *,
+    evaluator: Evaluator,
+    meter: Throughput,
+    mgr,
+    log: MetricsLog,
+    bar,
+    run_dir: Path,
+    warn,
+    t_begin: float,
+) -> tuple[dict[str, Any], RunState]:
+    """Run `calls` in order, each followed by its events: fetch and check the metrics, write
+    the train line, evaluate, save a checkpoint. Returns the final train state and run state."""
+    for call in calls:
+        # Each process holds only its rows of the global batch.
+        batch = jax.make_array_from_process_local_data(progs.batch_shard, batches.get(call))
+        if not run.timings["setup"]:
+            run = _timed(run, "setup", time.perf_counter() - t_begin - run.timings["compile"])
+        state, run = dispatch(progs.step, state, run, call, batch, meter.tokens_per_step)
+        if call.sync:
+            run, rec = flush(run, call.end, meter, run_dir)
+            run = warn_mfu_once(run, rec, meter, warn)
+            if call.log:
+                log.write(rec)
+            if bar is not None:
+                bar.set_postfix(
+                    loss=f"{rec['train_loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}"
+                )
+        if call.eval:
+            run, rec = run_eval(evaluator, state, run, call.end)
+            log.write(rec)
+            if bar is not None:
+                bar.write(
+                    f"step {call.end}: val_loss {rec['val_loss']:.4f} ± "
+                    f"{rec['val_loss_se']:.4f}, {rec['val_bpb']:.4f} bits/byte"
+                )
+        if call.ckpt:
+            run = save_checkpoint(mgr, state, run, call.end)
+        if bar is not None:
+            bar.update(call.n)
+    return state, run
+
+
+# ---------------------------------------------------------------- the call schedule
+
+
+class Call(NamedTuple):
+    """One call of the compiled train program: steps start+1 .. start+n, then the events due
+    at its last step."""
+
+    start: int  # steps done before the call
+    n: int  # steps it runs, 1 to train.steps_per_call
+    log: bool  # write a train line
+    eval: bool  # evaluate, write an eval line
+    ckpt: bool  # save a checkpoint
+
+    @property
+    def end(self) -> int:
+        return self.start + self.n
+
+    @property
+    def sync(self) -> bool:
+        """Wait for the call, then fetch and check the metrics of the calls since the last
+        sync: before any event."""
+        return self.log or self.eval or self.ckpt
+
+
+def call_schedule(
+    start: int,
+    steps: int,
+    steps_per_call: int,
+    log_every: int,
+    eval_every: int,
+    ckpt_every: int,
+    stop_after: int | None = None,
+) -> list[Call]:
+    """The calls that train from step `start` to `steps`, or to `stop_after` (as a kill
+    would end the run). A call runs up to `steps_per_call` steps and never straddles a log,
+    eval or checkpoint boundary, so every event lands on its step. Train lines fall on
+    multiples of log_every and checkpoints on multiples of ckpt_every, both also at the last
+    step (stop_after's too: a resume starts there); evals on multiples of eval_every and at
+    `steps`. A pure function of its arguments."""
+    end = steps if stop_after is None else min(steps, stop_after)
+    calls, s = [], start
+    while s < end:
+        n = min(steps_per_call, end - s, *(k - s % k for k in (log_every, eval_every, ckpt_every)))
+        e = s + n
+        calls.append(
+            Call(
+                s,
+                n,
+                log=e % log_every == 0 or e == end,
+                eval=e % eval_every == 0 or e == steps,
+                ckpt=e % ckpt_every == 0 or e == end,
+            )
+        )
+        s = e
+    return calls
+
+
+def host_batches(
+    train_tokens: np.ndarray, t: TrainConfig, call: Call, process: int = 0, processes: int = 1
+) -> np.ndarray:
+    """This process's rows of the batches of `call`'s steps, always S = train.steps_per_call
+    steps' worth, shaped (S, grad_accum, rows, seq_len + 1): a shorter call's unused rows are
+    zeros its program skips."""
+    rows = t.batch_size // t.grad_accum // processes
+    out = np.zeros((t.steps_per_call, t.grad_accum, rows, t.seq_len + 1), np.int32)
+    for i, s in enumerate(range(call.start, call.end)):
+        out[i] = data.batch_at(
+            train_tokens, t.seed, s, t.batch_size, t.seq_len, process, processes
+        ).reshape(t.grad_accum, rows, t.seq_len + 1)
+    return out
+
+
+# ---------------------------------------------------------------- the train state
+
+
+def restore_or_init(
+    cfg: Config,
+    run_dir: Path,
+    progs: Programs,
+    mgr,
+    init_from: tuple[str | Path, int] | None,
+    warn,
+) -> tuple[dict[str, Any], int, int | None]:
+    """The train state to start from, its step, and the step of this run's newest checkpoint
+    (None while it has none): the run's latest checkpoint that reads; else `init_from`'s
+    (whose metrics.jsonl lines up to that step process 0 copies); else a fresh state from
+    train.seed. Either way with this run's schedule: a branch continues its trunk's state
+    under its own (shorter) schedule; a plain resume writes the same numbers back."""
+    is_main = jax.process_index() == 0
+    try:
         state, latest = checkpoint.restore_latest(
-            mgr, abstract, shardings, warn, move_aside=is_main
+            mgr, progs.abstract, progs.shardings, warn, move_aside=is_main
         )
     except checkpoint.CheckpointError as e:
         mgr.close()
@@ -527,230 +670,273 @@ def _train(
             f"{e}; move {run_dir / checkpoint.CKPT_DIR} aside and rerun with --restart to "
             "train from the start"
         ) from None
-    saved_step = latest  # the newest checkpoint of this run on disk, for the NaN message
     if latest is not None:
         start = int(latest)
     elif init_from is not None:
-        src_dir, src_step = Path(init_from[0]), int(init_from[1])
+        src_dir, start = Path(init_from[0]), int(init_from[1])
         src = checkpoint.manager(src_dir, read_only=True)
         try:
-            state = checkpoint.restore(src, src_step, abstract, shardings)
+            state = checkpoint.restore(src, start, progs.abstract, progs.shardings)
         finally:
             src.close()
-        start = src_step
         if is_main and (src_dir / "metrics.jsonl").is_file():
             lines = (src_dir / "metrics.jsonl").read_text().splitlines()
             keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= start]
             (run_dir / "metrics.jsonl").write_text("".join(x + "\n" for x in keep))
     else:
-        state = progs.init(np.int32(t_cfg.seed))
-        start = 0
-    # This run's schedule, also after a restore: a branch continues its trunk's state under its
-    # own (shorter) schedule; a plain resume writes the same numbers back.
-    rep = sharding.replicated(mesh)
-    state["schedule"] = jax.device_put(train.schedule_params(t_cfg), rep)
-    if is_main:
-        print_fn(
-            f"{'resuming' if resuming and start else 'training'} {run_dir} at step {start}/"
-            f"{t_cfg.steps}: N={counts['non_embedding']:,} non-embedding "
-            f"({counts['total']:,} total) params, {total_tokens:,} tokens "
-            f"({epochs:.2f} epochs of {n_train:,}), vocab {tok.vocab_size}, "
-            f"unigram entropy {uni:.4f} nats/token; MFU against {peak / 1e9:.0f} GFLOP/s "
-            f"({peak_source})"
-        )
-        if epochs > 4:
-            print_fn(f"warning: {epochs:.1f} epochs of the training split (over 4 repeats)")
-    log = MetricsLog(run_dir, start, enabled=is_main)
+        state, start = progs.init(np.int32(cfg.train.seed)), 0
+    rep = sharding.replicated(progs.mesh)
+    state["schedule"] = jax.device_put(train.schedule_params(cfg.train), rep)
+    return state, start, latest
 
-    S, A = t_cfg.steps_per_call, t_cfg.grad_accum
-    B_micro = t_cfg.batch_size // A
-    batch_shard = progs.batch_shard
-    pc, pi = jax.process_count(), jax.process_index()
 
-    def host_batches(s0: int, n: int) -> np.ndarray:
-        # Always S steps' worth: a shorter call's unused rows are zeros its program skips.
-        out = np.zeros((S, A, B_micro // pc, t_cfg.seq_len + 1), np.int32)
-        for i, s in enumerate(range(s0, s0 + n)):
-            out[i] = data.batch_at(
-                tokens.train, t_cfg.seed, s, t_cfg.batch_size, t_cfg.seq_len, pi, pc
-            ).reshape(A, B_micro // pc, t_cfg.seq_len + 1)
-        return out
+# ---------------------------------------------------------------- host-side run state, events
 
-    # Calls never straddle a log/eval/checkpoint boundary, so every event lands on its step.
-    def call_len(s: int) -> int:
-        n = min(S, t_cfg.steps - s)
-        for every in (t_cfg.log_every, t_cfg.eval_every, t_cfg.ckpt_every):
-            n = min(n, every - s % every)
-        if stop_after is not None:
-            n = min(n, max(stop_after - s, 1))
-        return n
 
-    # Calls are up to S steps, all run by the one compiled program.
-    starts, s = [], start
-    while s < t_cfg.steps and (stop_after is None or s < stop_after):
-        n = call_len(s)
-        starts.append((s, n))
-        s += n
-    lengths = dict(starts)
-    prefetch = Prefetcher(lambda s0: host_batches(s0, lengths[s0]), [s0 for s0, _ in starts])
+class RunState(NamedTuple):
+    """The host's side of a run between calls; the train state (on device) travels beside it.
+    Every step below that changes it returns a new one."""
 
-    bar = None
-    if progress and is_main:
-        from tqdm import tqdm
+    pending: tuple[tuple[int, int, Any], ...]  # (first step, steps, device metrics) unchecked
+    window_t0: float  # start of the throughput window (eval and checkpoint time left out)
+    window_tokens: int  # tokens trained in the window
+    saved_step: int | None  # this run's newest checkpoint on disk, for the divergence message
+    last_eval: dict[str, Any]  # the latest eval line; {} before any
+    warned_mfu: bool  # MFU above 100% is reported once per run
+    timings: dict[str, float]  # seconds of setup, compile, train, eval, checkpoint
 
-        bar = tqdm(
-            total=t_cfg.steps,
-            initial=start,
-            unit="step",
-            dynamic_ncols=True,
-            file=sys.stderr,
-            position=bar_position,
-            leave=bar_position == 0,
-        )
-    # (first step, steps, device metrics) not yet checked
-    warned_mfu: list[bool] = []  # MFU above 100% is reported once per run
-    pending: list[tuple[int, int, Any]] = []
-    window_t0, window_tokens, last_eval = time.perf_counter(), 0, {}
+    @staticmethod
+    def begin(saved_step: int | None, compile_s: float) -> RunState:
+        """The run state before the first call."""
+        return RunState(
+            pending=(), window_t0=time.perf_counter(), window_tokens=0, saved_step=saved_step,
+            last_eval={}, warned_mfu=False,
+            timings={"setup": 0.0, "compile": compile_s, "train": 0.0, "eval": 0.0,
+                     "checkpoint": 0.0},
+        )  # fmt: skip
 
-    def flush(step_now: int) -> dict[str, float] | None:
-        """Fetch pending metrics, stop on a non-finite loss, return the latest values."""
-        nonlocal window_t0, window_tokens
-        if not pending:
-            return None
-        got = [(s0, jax.tree.map(lambda a, n=n: a[:n], jax.device_get(m))) for s0, n, m in pending]
-        pending.clear()
-        for s0, m in got:
-            # loss[i] is measured with the params before update s0+i+1, param_norm[i] after it,
-            # so bad params show a step before their loss would.
-            bad = [s0 + int(i) + 1 for i in np.flatnonzero(~np.isfinite(m["loss"]))]
-            bad += [s0 + int(i) + 2 for i in np.flatnonzero(~np.isfinite(m["param_norm"]))]
-            if bad:
-                kept = (
-                    f"The last good checkpoint, step {saved_step}, is kept in "
-                    f"{run_dir / checkpoint.CKPT_DIR}"
-                    if saved_step is not None
-                    else "No checkpoint of this run had been written yet"
-                )
-                raise TrainingDiverged(
-                    f"loss became non-finite at step {min(bad)}; stopped. {kept}"
-                )
-        m = got[-1][1]
-        dt = time.perf_counter() - window_t0
-        tps = window_tokens / dt if dt > 0 else 0.0
-        rec = {
-            "step": step_now,
-            "tokens": step_now * t_cfg.batch_size * t_cfg.seq_len,
-            "train_loss": float(m["loss"][-1]),
-            "grad_norm": float(m["grad_norm"][-1]),
-            "lr": float(m["lr"][-1]),
-            "tokens_per_s": tps,
-            "mfu": tps * fpt["hardware"] / peak,
-        }
-        if rec["mfu"] > 1.0 and not warned_mfu and is_main:
-            warned_mfu.append(True)
-            print_fn(
-                f"warning: MFU {rec['mfu']:.0%} at step {step_now}: the peak ({peak_source}) is "
-                "too low, e.g. measured while the machine was busy; set train.peak_flops or "
-                "delete the cache file"
-            )
-        window_t0, window_tokens = time.perf_counter(), 0
-        return rec
 
-    def eval_record(s: int) -> dict[str, Any]:
-        vl, se, bpb = evaluate(progs.eval, state["params"], windows, token_bytes, t_cfg.batch_size)
-        return {
-            "step": s,
-            "tokens": s * t_cfg.batch_size * t_cfg.seq_len,
-            "val_loss": vl,
-            "val_loss_se": se,
-            "val_bpb": bpb,
-        }
+class Throughput(NamedTuple):
+    """What turns a window's tokens and seconds into tokens/s and MFU."""
 
-    try:
-        for s0, n in starts:
-            # Each process holds only its rows of the global batch.
-            batch = jax.make_array_from_process_local_data(batch_shard, prefetch.get(s0))
-            if not timings["setup"]:
-                timings["setup"] = time.perf_counter() - t_begin - timings["compile"]
-            t0 = time.perf_counter()
-            state, m = progs.step(state, batch, np.int32(n))
-            pending.append((s0, n, m))
-            window_tokens += n * t_cfg.batch_size * t_cfg.seq_len
-            s = s0 + n
-            is_last = s == t_cfg.steps or (stop_after is not None and s >= stop_after)
-            events = s % t_cfg.log_every == 0 or s % t_cfg.eval_every == 0
-            events = events or s % t_cfg.ckpt_every == 0 or is_last
-            if events:
-                jax.block_until_ready(state["step"])
-            timings["train"] += time.perf_counter() - t0
-            rec = None
-            if events:
-                rec = flush(s)
-                if s % t_cfg.log_every == 0 or is_last:
-                    log.write(rec)
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{rec['train_loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}"
-                    )
-            if s % t_cfg.eval_every == 0 or s == t_cfg.steps:
-                t1 = time.perf_counter()
-                last_eval = eval_record(s)
-                log.write(last_eval)
-                timings["eval"] += time.perf_counter() - t1
-                window_t0 += time.perf_counter() - t1
-                if bar is not None:
-                    e = last_eval
-                    bar.write(
-                        f"step {s}: val_loss {e['val_loss']:.4f} ± {e['val_loss_se']:.4f}, "
-                        f"{e['val_bpb']:.4f} bits/byte"
-                    )
-            if s % t_cfg.ckpt_every == 0 or is_last:
-                t1 = time.perf_counter()
-                checkpoint.save(mgr, s, state)
-                saved_step = s
-                timings["checkpoint"] += time.perf_counter() - t1
-                window_t0 += time.perf_counter() - t1
-            if bar is not None:
-                bar.update(n)
-        flush(t_cfg.steps)
-        if not last_eval and start >= t_cfg.steps:
-            # Rerun of a finished run (killed after its last checkpoint, before the caller, a
-            # sweep, recorded its result): the final eval again, the same numbers, logged once.
-            t1 = time.perf_counter()
-            last_eval = eval_record(start)
-            timings["eval"] += time.perf_counter() - t1
-            logged = [json.loads(x) for x in log.path.read_text().splitlines()] if (
-                is_main and log.path.is_file()) else []  # fmt: skip
-            if not any(r.get("step") == start and "val_loss" in r for r in logged):
-                log.write(last_eval)
-    except BaseException:
-        # The first error is the one to report: closing after a failed save (a full disk)
-        # fails again, and would replace it.
-        closers = [lambda: checkpoint.close(mgr), log.close] + ([bar.close] if bar else [])
-        for close in closers:
+    tokens_per_step: int
+    flops_per_token: float  # the hardware's FLOPs per token (flops.flops_per_token)
+    peak: float  # FLOP/s
+    peak_source: str  # where the peak comes from, for messages
+
+
+class Evaluator(NamedTuple):
+    """What the validation loss of some params needs besides them."""
+
+    eval_step: Any  # Programs.eval
+    windows: np.ndarray
+    token_bytes: np.ndarray
+    t: TrainConfig
+
+
+def _timed(run: RunState, key: str, seconds: float, pause: bool = False) -> RunState:
+    """`seconds` added to timings[key]; with `pause`, also left out of the throughput window."""
+    run = run._replace(timings={**run.timings, key: run.timings[key] + seconds})
+    return run._replace(window_t0=run.window_t0 + seconds) if pause else run
+
+
+def dispatch(step_fn, state, run: RunState, call: Call, batch, tokens_per_step: int):
+    """Run one call, waiting for it only when it is a sync point; its metrics join the
+    pending ones. Returns the new train state and run state."""
+    t0 = time.perf_counter()
+    state, m = step_fn(state, batch, np.int32(call.n))
+    if call.sync:
+        jax.block_until_ready(state["step"])
+    run = run._replace(
+        pending=(*run.pending, (call.start, call.n, m)),
+        window_tokens=run.window_tokens + call.n * tokens_per_step,
+    )
+    return state, _timed(run, "train", time.perf_counter() - t0)
+
+
+def fetch_metrics(pending) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(first step, metrics) of each pending call, on the host, cut to the steps it ran."""
+    return [(s0, jax.tree.map(lambda a, n=n: a[:n], jax.device_get(m))) for s0, n, m in pending]
+
+
+def first_nonfinite_step(got: list[tuple[int, dict[str, np.ndarray]]]) -> int | None:
+    """The first step at which training diverged, or None. loss[i] is measured with the params
+    before update s0+i+1, param_norm[i] after it, so bad params show a step before their loss
+    would."""
+    bad = []
+    for s0, m in got:
+        bad += [s0 + int(i) + 1 for i in np.flatnonzero(~np.isfinite(m["loss"]))]
+        bad += [s0 + int(i) + 2 for i in np.flatnonzero(~np.isfinite(m["param_norm"]))]
+    return min(bad, default=None)
+
+
+def diverged(step: int, run_dir: Path, saved_step: int | None) -> TrainingDiverged:
+    kept = (
+        f"The last good checkpoint, step {saved_step}, is kept in {run_dir / checkpoint.CKPT_DIR}"
+        if saved_step is not None
+        else "No checkpoint of this run had been written yet"
+    )
+    return TrainingDiverged(f"loss became non-finite at step {step}; stopped. {kept}")
+
+
+def train_record(
+    step: int, m: dict[str, np.ndarray], tokens: int, seconds: float, meter: Throughput
+) -> dict[str, Any]:
+    """The train line at `step`: the last values of its call's metrics `m`, and the throughput
+    of `tokens` trained in `seconds`."""
+    tps = tokens / seconds if seconds > 0 else 0.0
+    return {
+        "step": step,
+        "tokens": step * meter.tokens_per_step,
+        "train_loss": float(m["loss"][-1]),
+        "grad_norm": float(m["grad_norm"][-1]),
+        "lr": float(m["lr"][-1]),
+        "tokens_per_s": tps,
+        "mfu": tps * meter.flops_per_token / meter.peak,
+    }
+
+
+def flush(
+    run: RunState, step: int, meter: Throughput, run_dir: Path
+) -> tuple[RunState, dict[str, Any]]:
+    """Fetch the pending metrics (there is one call's at least), stop on a non-finite value,
+    and close the throughput window with the train line at `step`."""
+    got = fetch_metrics(run.pending)
+    bad = first_nonfinite_step(got)
+    if bad is not None:
+        raise diverged(bad, run_dir, run.saved_step)
+    rec = train_record(step, got[-1][1], run.window_tokens, time.perf_counter() - run.window_t0,
+                       meter)  # fmt: skip
+    return run._replace(pending=(), window_t0=time.perf_counter(), window_tokens=0), rec
+
+
+def warn_mfu_once(run: RunState, rec: dict[str, Any], meter: Throughput, warn) -> RunState:
+    """An MFU above 100% means the peak is wrong: say so, once per run."""
+    if rec["mfu"] <= 1.0 or run.warned_mfu:
+        return run
+    warn(
+        f"warning: MFU {rec['mfu']:.0%} at step {rec['step']}: the peak ({meter.peak_source}) "
+        "is too low, e.g. measured while the machine was busy; set train.peak_flops or delete "
+        "the cache file"
+    )
+    return run._replace(warned_mfu=True)
+
+
+def eval_record(ev: Evaluator, params, step: int) -> dict[str, Any]:
+    vl, se, bpb = evaluate(ev.eval_step, params, ev.windows, ev.token_bytes, ev.t.batch_size)
+    return {
+        "step": step,
+        "tokens": step * ev.t.batch_size * ev.t.seq_len,
+        "val_loss": vl,
+        "val_loss_se": se,
+        "val_bpb": bpb,
+    }
+
+
+def run_eval(ev: Evaluator, state, run: RunState, step: int) -> tuple[RunState, dict[str, Any]]:
+    """Evaluate the state at `step`; the time is left out of the throughput window."""
+    t0 = time.perf_counter()
+    rec = eval_record(ev, state["params"], step)
+    return _timed(run._replace(last_eval=rec), "eval", time.perf_counter() - t0, pause=True), rec
+
+
+def save_checkpoint(mgr, state, run: RunState, step: int) -> RunState:
+    """Save the state at `step` (orbax finishes writing in the background); the time is left
+    out of the throughput window."""
+    t0 = time.perf_counter()
+    checkpoint.save(mgr, step, state)
+    run = run._replace(saved_step=step)
+    return _timed(run, "checkpoint", time.perf_counter() - t0, pause=True)
+
+
+def final_eval_again(ev: Evaluator, state, run: RunState, step: int, log: MetricsLog):
+    """A rerun of a finished run (killed after its last checkpoint, before the caller, a
+    sweep, recorded its result): the final eval again, the same numbers, logged once."""
+    t0 = time.perf_counter()
+    rec = eval_record(ev, state["params"], step)
+    run = _timed(run._replace(last_eval=rec), "eval", time.perf_counter() - t0)
+    logged = [json.loads(x) for x in log.path.read_text().splitlines()] if (
+        log.enabled and log.path.is_file()) else []  # fmt: skip
+    if not any(r.get("step") == step and "val_loss" in r for r in logged):
+        log.write(rec)
+    return run
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def token_bytes(tok: Tokenizer, vocab_size: int) -> np.ndarray:
+    """Bytes each of the model's vocab_size ids decodes to (0 for rows past the tokenizer's)."""
+    out = np.zeros(vocab_size, np.int32)
+    out[: tok.vocab_size] = tok.token_bytes()
+    return out
+
+
+def peak_of(cfg: Config) -> tuple[float, str]:
+    """The peak FLOP/s MFU is measured against, and where it comes from."""
+    if cfg.train.peak_flops:
+        return cfg.train.peak_flops, "train.peak_flops"
+    from lm.peak import peak_flops
+
+    cache = Path(cfg.data.cache_dir).expanduser() / "peak_flops.json"
+    return peak_flops(cfg.data.cache_dir), f"measured once, cached in {cache}"
+
+
+def run_banner(
+    cfg: Config,
+    run_dir: Path,
+    start: int,
+    resuming: bool,
+    tok: Tokenizer,
+    n_train: int,
+    uni: float,
+    meter: Throughput,
+) -> list[str]:
+    """What a run prints as it starts."""
+    t = cfg.train
+    counts = flops.count_params(cfg.model)
+    total_tokens = t.steps * t.batch_size * t.seq_len
+    epochs = total_tokens / max(n_train, 1)
+    lines = [
+        f"{'resuming' if resuming and start else 'training'} {run_dir} at step {start}/"
+        f"{t.steps}: N={counts['non_embedding']:,} non-embedding "
+        f"({counts['total']:,} total) params, {total_tokens:,} tokens "
+        f"({epochs:.2f} epochs of {n_train:,}), vocab {tok.vocab_size}, "
+        f"unigram entropy {uni:.4f} nats/token; MFU against {meter.peak / 1e9:.0f} GFLOP/s "
+        f"({meter.peak_source})"
+    ]
+    if epochs > 4:
+        lines.append(f"warning: {epochs:.1f} epochs of the training split (over 4 repeats)")
+    return lines
+
+
+def final_line(step: int, e: dict[str, Any], uni: float) -> str:
+    return (
+        f"step {step}: val_loss {e['val_loss']:.4f} ± {e['val_loss_se']:.4f} nats/token "
+        f"({e['val_bpb']:.4f} bits/byte) vs unigram entropy {uni:.4f}"
+    )
+
+
+def progress_bar(steps: int, start: int, position: int):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=steps,
+        initial=start,
+        unit="step",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        position=position,
+        leave=position == 0,
+    )
+
+
+def close_all(mgr, log: MetricsLog, bar, quiet: bool = False) -> None:
+    """Close the checkpoint manager (waiting for its saves), the metrics log and the bar.
+    `quiet` (after an error) suppresses their own errors."""
+    for close in [lambda: checkpoint.close(mgr), log.close] + ([bar.close] if bar else []):
+        if quiet:
             with contextlib.suppress(Exception):
                 close()
-        raise
-    checkpoint.close(mgr)
-    log.close()
-    if bar is not None:
-        bar.close()
-
-    summary = {
-        "run_dir": str(run_dir),
-        "params": counts,
-        "flops_per_token": fpt,
-        "unigram_entropy": uni,
-        "timings": timings,
-        **{k: v for k, v in last_eval.items() if k.startswith("val")},
-        "step": int(jax.device_get(state["step"])),
-    }
-    if is_main and last_eval:
-        print_fn(
-            f"step {summary['step']}: val_loss {last_eval['val_loss']:.4f} ± "
-            f"{last_eval['val_loss_se']:.4f} nats/token ({last_eval['val_bpb']:.4f} bits/byte) "
-            f"vs unigram entropy {uni:.4f}"
-        )
-    summary["state"] = state
-    summary["tokenizer"] = tok
-    return summary
+        else:
+            close()

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lm import rope
+
 FORMAT, VERSION = "lm-model", "2"
 READABLE = ("1", "2")  # 1: before the digest
 DTYPES = {"F32": "<f4", "F16": "<f2", "U8": "u1"}
@@ -194,38 +196,6 @@ def norm(x_TD, w: dict, name: str, m: dict):
     return y_TD + w[f"{name}.bias"] if f"{name}.bias" in w else y_TD
 
 
-def rope_scale(freq_h: np.ndarray, m: dict) -> np.ndarray:
-    """The rotary frequencies under the config's rope_scaling (see lm.config.ModelConfig);
-    lm.model uses this too, so both forward passes rotate by the same angles."""
-    kind = m.get("rope_scaling", "none")
-    if kind == "none":
-        return freq_h
-    s = np.float32(m["rope_scaling_factor"])
-    if kind == "linear":  # positions squeezed by s: the same as every frequency divided by s
-        return freq_h / s
-    if kind != "llama3":
-        raise ValueError(f"rope_scaling={kind!r}")
-    lo, hi = m["rope_low_freq_factor"], m["rope_high_freq_factor"]
-    # Wavelengths (in positions) short next to the original context keep their frequency, long
-    # ones are slowed by s, and in between the two blend linearly in context / wavelength.
-    ratio_h = m["rope_original_max_seq_len"] * freq_h / np.float32(2 * math.pi)
-    mix_h = np.clip((ratio_h - lo) / np.float32(hi - lo), 0, 1).astype(np.float32)
-    return ((1 - mix_h) * freq_h / s + mix_h * freq_h).astype(np.float32)
-
-
-def rope(x_TnH, pos_T, theta: float, m: dict | None = None):
-    """Rotate the two halves of each head by position-dependent angles (the Llama way);
-    with the model config `m`, its rope_scaling applies."""
-    H = x_TnH.shape[-1]
-    freq_h = theta ** (-np.arange(0, H, 2, dtype=np.float32) / H)
-    if m is not None:
-        freq_h = rope_scale(freq_h, m)
-    ang_Th = pos_T[:, None].astype(np.float32) * freq_h
-    sin_T1h, cos_T1h = np.sin(ang_Th)[:, None], np.cos(ang_Th)[:, None]
-    x1, x2 = np.split(x_TnH, 2, axis=-1)
-    return np.concatenate([x1 * cos_T1h - x2 * sin_T1h, x2 * cos_T1h + x1 * sin_T1h], -1)
-
-
 def attention(p: dict, x_TD, pos_T, k_SKH, v_SKH, m: dict):
     """Causal self-attention for the new positions pos_T; writes their keys into the cache."""
     proj = lambda x_TD, w_DnH: np.tensordot(x_TD, w_DnH, 1)  # [T, D] x [D, n, H] -> [T, n, H]
@@ -233,8 +203,8 @@ def attention(p: dict, x_TD, pos_T, k_SKH, v_SKH, m: dict):
     if "bq" in p:
         q_TNH, k_TKH, v_TKH = q_TNH + p["bq"], k_TKH + p["bk"], v_TKH + p["bv"]
     if m["positions"] == "rope":
-        theta = m["rope_theta"]
-        q_TNH, k_TKH = rope(q_TNH, pos_T, theta, m), rope(k_TKH, pos_T, theta, m)
+        freq_h = rope.frequencies(q_TNH.shape[-1], m)
+        q_TNH, k_TKH = rope.rotate(q_TNH, pos_T, freq_h), rope.rotate(k_TKH, pos_T, freq_h)
     S = pos_T[-1] + 1  # the cache holds every earlier position; attend to all of them
     k_SKH[pos_T], v_SKH[pos_T] = k_TKH, v_TKH
     (T, N, H), K = q_TNH.shape, k_SKH.shape[1]

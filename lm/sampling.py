@@ -28,7 +28,8 @@ Generation (`generate`, `stream_generate`):
     layer's new key/value [L, B, K, H], written with one scatter into the loop-carried cache,
     which XLA updates in place: returning the whole cache as ys costs a full cache copy per
     token (measured 2x slower at batch 16 on CPU). That is also why the decode step has its
-    own single-token attention (`_decode_attention`) instead of calling `model.block`.
+    own single-token step (`_decode_attention`, around the same `model.attend`) instead of
+    calling `model.block`.
   * Token t of every sequence is drawn with `jax.random.fold_in(key, t)`, so the result does
     not depend on how decoding is chunked: `stream_generate` (chunks of C tokens, each chunk
     one on-device loop, the same compiled function `generate` uses) yields exactly the
@@ -43,7 +44,6 @@ only syncs every C tokens; the chunk size trades latency for throughput.
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -187,7 +187,7 @@ class DecodeState(NamedTuple):
     cache: model.KVCache  # [L, B, S, K, H] each
     tok_B: jax.Array  # the last sampled token, fed at the next step
     pos_B: jax.Array  # the position (== cache slot) tok_B will be written at
-    out_BN: jax.Array  # generated tokens, pad_id after a sequence's EOS
+    out_BR: jax.Array  # generated tokens, pad_id after a sequence's EOS
     done_B: jax.Array  # the sequence has emitted eos_id
     t: jax.Array  # tokens generated so far (same for every sequence)
 
@@ -239,7 +239,7 @@ def _forward_cached(params, cfg, tokens_BT, pos_BT, cache: model.KVCache, kv_mas
 
     def layer(x_BTD, xs):
         p, k_BSKH, v_BSKH = xs
-        x_BTD, (k_BSKH, v_BSKH), _ = model.block(
+        x_BTD, (k_BSKH, v_BSKH) = model.block(
             p, x_BTD, pos_BT, cfg, kv=(k_BSKH, v_BSKH), kv_mask_BS=kv_mask_BS
         )
         return x_BTD, (k_BSKH, v_BSKH)
@@ -252,46 +252,27 @@ def _forward_cached(params, cfg, tokens_BT, pos_BT, cache: model.KVCache, kv_mas
 
 
 def _decode_attention(p, x_BD, pos_B, k_BSKH, v_BSKH, cfg: ModelConfig):
-    """`model.block`'s attention for one new token per sequence, leaving the cache untouched.
+    """`model.attention` for one new token per sequence, leaving the cache untouched.
 
     Attends to the cached slots before pos_B (prompt and earlier output: never padding) plus
-    the token's own key/value, and returns those for the caller to store. The same maths as
-    `model._attention` (tests hold the two to the same greedy tokens), restructured because
-    writing into the layer's cache slice inside the layer scan makes XLA copy the whole
-    cache every step (about 2x slower at batch 16 on CPU).
+    the token's own key/value (a second block of keys, slot S), and returns those for the
+    caller to store: writing into the layer's cache slice inside the layer scan makes XLA
+    copy the whole cache every step (about 2x slower at batch 16 on CPU), and concatenating
+    the new key onto the cache costs a copy of the layer's cache (3% at batch 16).
     """
-    B, S, K, H = k_BSKH.shape
-    N = cfg.n_heads
-    G = N // K
-    x_B1D = x_BD[:, None]
+    S = k_BSKH.shape[1]
     pos_B1 = pos_B[:, None]
-    q_B1NH = jnp.einsum("BTD,DNH->BTNH", x_B1D, p["wq"])
-    k_B1KH = jnp.einsum("BTD,DKH->BTKH", x_B1D, p["wk"])
-    v_B1KH = jnp.einsum("BTD,DKH->BTKH", x_B1D, p["wv"])
-    if "bq" in p:
-        q_B1NH, k_B1KH, v_B1KH = q_B1NH + p["bq"], k_B1KH + p["bk"], v_B1KH + p["bv"]
-    if cfg.positions == "rope":
-        q_B1NH = model.rope(q_B1NH, pos_B1, cfg)
-        k_B1KH = model.rope(k_B1KH, pos_B1, cfg)
+    q_B1NH, k_B1KH, v_B1KH = model.qkv(p, x_BD[:, None], pos_B1, cfg)
     # Round the new key/value through the cache dtype so they match what later steps read.
-    k_BKH = k_B1KH[:, 0].astype(k_BSKH.dtype)
-    v_BKH = v_B1KH[:, 0].astype(v_BSKH.dtype)
+    k_B1KH, v_B1KH = k_B1KH.astype(k_BSKH.dtype), v_B1KH.astype(v_BSKH.dtype)
     dtype = x_BD.dtype
-    q_BKGH = q_B1NH.reshape(B, K, G, H)
-    s_BKGS = jnp.einsum("BKGH,BSKH->BKGS", q_BKGH, k_BSKH.astype(dtype))
-    s_BKG1 = jnp.einsum("BKGH,BKH->BKG", q_BKGH, k_BKH.astype(dtype))[..., None]
-    s_BKGS = jnp.concatenate([s_BKGS, s_BKG1], axis=-1).astype(jnp.float32) / math.sqrt(H)
-    # Slot S (the appended column) is the token itself; cached slots count if before it.
-    valid_BS = jnp.arange(S + 1)[None, :] < pos_B1
-    valid_BS = valid_BS | (jnp.arange(S + 1) == S)[None, :]
-    s_BKGS = jnp.where(valid_BS[:, None, None], s_BKGS, -1e30)
-    w_BKGS = jax.nn.softmax(s_BKGS, axis=-1).astype(dtype)
-    o_BKGH = jnp.einsum("BKGS,BSKH->BKGH", w_BKGS[..., :S], v_BSKH.astype(dtype))
-    o_BKGH = o_BKGH + w_BKGS[..., S:] * v_BKH.astype(dtype)[:, :, None]
-    out_BD = jnp.einsum("BNH,NHD->BD", o_BKGH.reshape(B, N, H), p["wo"])
-    if "bo" in p:
-        out_BD = out_BD + p["bo"]
-    return out_BD, k_BKH, v_BKH
+    keys_BSKH = (k_BSKH.astype(dtype), k_B1KH.astype(dtype))
+    values_BSKH = (v_BSKH.astype(dtype), v_B1KH.astype(dtype))
+    mask_B1S = (jnp.arange(S + 1)[None, :] < pos_B1) | (jnp.arange(S + 1) == S)[None, :]
+    o_B1NH, _ = model.attend_heads(
+        q_B1NH, keys_BSKH, values_BSKH, mask_B1S[:, None], cfg, cached=True
+    )
+    return model.attention_out(p, o_B1NH, cfg)[:, 0], k_B1KH[:, 0], v_B1KH[:, 0]
 
 
 def _decode_forward(params, cfg, tok_B, pos_B, cache: model.KVCache, span: int | None = None):
@@ -310,10 +291,10 @@ def _decode_forward(params, cfg, tok_B, pos_B, cache: model.KVCache, span: int |
         p, k_BSKH, v_BSKH = xs
         if span is not None or B != k_BSKH.shape[0]:  # per layer: no copy of the whole cache
             k_BSKH, v_BSKH = k_BSKH[:B, :span], v_BSKH[:B, :span]
-        h_BD = model._norm(p["attn_norm"], x_BD, cfg)
+        h_BD = model.norm(p["attn_norm"], x_BD, cfg)
         a_BD, k_BKH, v_BKH = _decode_attention(p, h_BD, pos_B, k_BSKH, v_BSKH, cfg)
         x_BD = x_BD + a_BD
-        x_BD = x_BD + model._mlp(p, model._norm(p["mlp_norm"], x_BD, cfg)[:, None], cfg)[:, 0]
+        x_BD = x_BD + model.mlp(p, model.norm(p["mlp_norm"], x_BD, cfg), cfg)
         return x_BD, (k_BKH, v_BKH)
 
     x_BD, (k_LBKH, v_LBKH) = jax.lax.scan(
@@ -350,8 +331,8 @@ def _prefill(
     B = tokens_BP.shape[0]
     last_BV, cache = prefill_last(params, cfg, tokens_BP, lens_B, cache_len)
     tok_B = _draw(key, 0, last_BV, sp, top_k, greedy)
-    out_BN = jnp.full((B, max_new), pad_id, jnp.int32).at[:, 0].set(tok_B)
-    return DecodeState(cache, tok_B, lens_B, out_BN, tok_B == eos_id, jnp.int32(1))
+    out_BR = jnp.full((B, max_new), pad_id, jnp.int32).at[:, 0].set(tok_B)
+    return DecodeState(cache, tok_B, lens_B, out_BR, tok_B == eos_id, jnp.int32(1))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "top_k", "greedy"), donate_argnames=("state",))
@@ -364,7 +345,7 @@ def _decode(
     chunks; within the loop XLA updates the carried cache in place too.
     """
     params = _compute_params(params, cfg)
-    t_stop = jnp.minimum(t_stop, state.out_BN.shape[1])
+    t_stop = jnp.minimum(t_stop, state.out_BR.shape[1])
 
     def cond(s: DecodeState):
         return (s.t < t_stop) & ~jnp.all(s.done_B)
@@ -373,9 +354,9 @@ def _decode(
         logits_BV, cache = _decode_forward(params, cfg, s.tok_B, s.pos_B, s.cache)
         tok_B = _draw(key, s.t, logits_BV, sp, top_k, greedy)
         tok_B = jnp.where(s.done_B, pad_id, tok_B)  # finished rows keep computing, emit pad
-        out_BN = jax.lax.dynamic_update_slice(s.out_BN, tok_B[:, None], (0, s.t))
+        out_BR = jax.lax.dynamic_update_slice(s.out_BR, tok_B[:, None], (0, s.t))
         done_B = s.done_B | (tok_B == eos_id)
-        return DecodeState(cache, tok_B, s.pos_B + 1, out_BN, done_B, s.t + 1)
+        return DecodeState(cache, tok_B, s.pos_B + 1, out_BR, done_B, s.t + 1)
 
     return jax.lax.while_loop(cond, step, state)
 
@@ -419,10 +400,10 @@ def _prepare(cfg: ModelConfig, prompts, max_new_tokens, eos_id, pad_id):
     return tokens_BP, np.asarray(lens, np.int32), P_pad + max_new_tokens
 
 
-def _new_tokens(out_BN: np.ndarray, start: int, stop: int, finished: list[bool], eos_id):
+def _new_tokens(out_BR: np.ndarray, start: int, stop: int, finished: list[bool], eos_id):
     """Each row's tokens in [start, stop), up to and including its first EOS."""
     chunk = []
-    for b, row in enumerate(out_BN[:, start:stop].tolist()):
+    for b, row in enumerate(out_BR[:, start:stop].tolist()):
         if finished[b]:
             row = []
         elif eos_id is not None and eos_id in row:
@@ -479,9 +460,9 @@ def stream_generate(
     finished = [False] * len(prompts)
     emitted = 0
     while True:
-        t, out_BN, done_B = jax.device_get((state.t, state.out_BN, state.done_B))
+        t, out_BR, done_B = jax.device_get((state.t, state.out_BR, state.done_B))
         t = int(t)
-        yield _new_tokens(out_BN, emitted, t, finished, eos_id)
+        yield _new_tokens(out_BR, emitted, t, finished, eos_id)
         emitted = t
         if t >= max_new_tokens or done_B.all():
             return

@@ -2,7 +2,7 @@
 
 `--run` takes a run directory or a model file written by `lm export`. Arguments are checked
 (before jax is imported or a checkpoint read) and bad ones end with one line on stderr and
-exit status 2, through `lm.cli.UsageError`. This module imports no jax at import time: `lm`
+exit status 2, through `lm.cliutil.UsageError`. This module imports no jax at import time: `lm`
 builds every parser on each start.
 """
 
@@ -34,7 +34,7 @@ RUN_HELP = "run directory (its latest checkpoint), or a model file from `lm expo
 
 
 def _usage(msg: str):
-    from lm.cli import UsageError
+    from lm.cliutil import UsageError
 
     return UsageError(msg)
 
@@ -274,7 +274,8 @@ def cmd_export(args) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """Register sample, inspect, embed-sim and export on the `lm` subparsers."""
+    """Register sample, inspect, embed-sim and export on the `lm` subparsers (serve and chat
+    are lm.serve_cli's, which imports this module)."""
     s = sub.add_parser(
         "sample",
         help="generate text from a trained run, streamed as it is generated",
@@ -355,7 +356,3 @@ def add_parsers(sub: Any) -> None:
     x.add_argument("--run", required=True, help="run directory")
     x.add_argument("--out", required=True, help="file to write, e.g. model.lm")
     x.set_defaults(func=cmd_export)
-
-    from lm.serve_cli import add_parsers as add_serve_parsers
-
-    add_serve_parsers(sub)

@@ -671,7 +671,7 @@ def is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args) -> int:
-    from lm.cli import UsageError
+    from lm.cliutil import UsageError
 
     run = args.run or args.model
     if not run:
@@ -717,7 +717,7 @@ def bind(host: str, port: int):
     """A listening TCP socket on host:port (port 0: any free one)."""
     import socket
 
-    from lm.cli import UsageError
+    from lm.cliutil import UsageError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -84,7 +84,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _serve(args) -> int:
-    from lm.cli import UsageError
+    from lm.cliutil import UsageError
 
     try:
         import fastapi  # noqa: F401

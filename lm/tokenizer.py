@@ -22,6 +22,10 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from lm import sources
+from lm.corpus import doc_hash, is_val
+from lm.synthetic import SymbolTokenizer
+
 if TYPE_CHECKING:
     from lm.config import DataConfig
 
@@ -506,7 +510,7 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
         path, other, data = d / SP_FILE, d / BYTE_FILE, tok.proto
     elif isinstance(tok, ByteTokenizer):
         path, other, data = d / BYTE_FILE, d / SP_FILE, json.dumps({"kind": "byte"}).encode()
-    elif hasattr(tok, "spec"):  # a task's symbol tokenizer (lm.tasks), also in tokenizer.json
+    elif hasattr(tok, "spec"):  # a task's symbol tokenizer (lm.synthetic), also in tokenizer.json
         path, other, data = d / BYTE_FILE, d / SP_FILE, json.dumps(tok.spec).encode()
     else:
         raise TypeError(f"cannot save a {type(tok).__name__}")
@@ -528,9 +532,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
             spec = json.loads(byte_path.read_text())
         except (ValueError, UnicodeDecodeError):
             spec = None
-        if isinstance(spec, dict) and spec.get("kind") == "symbols":
-            from lm.tasks import SymbolTokenizer
-
+        if isinstance(spec, dict) and spec.get("kind") == "symbols":  # a task's (lm.synthetic)
             try:
                 return SymbolTokenizer.from_spec(spec)
             except (KeyError, TypeError, ValueError) as e:
@@ -558,17 +560,15 @@ def _tokenizer_sample(cfg: DataConfig) -> list[str]:
     """
     import heapq
 
-    from lm.data import _doc_hash, is_val, iter_documents
-
     budget = cfg.tokenizer_sample_bytes
     heap: list[tuple[int, str, str]] = []  # max-heap on the hash, via negation
     kept = scanned = 0
-    for doc_id, text in iter_documents(cfg):
+    for doc_id, text in sources.iter_documents(cfg):
         if is_val(doc_id, cfg.val_fraction):
             continue
         n = len(text.encode("utf-8"))
         scanned += n
-        heapq.heappush(heap, (-_doc_hash(doc_id), doc_id, text))
+        heapq.heappush(heap, (-doc_hash(doc_id), doc_id, text))
         kept += n
         while kept > budget and len(heap) > 1:
             _, _, dropped = heapq.heappop(heap)
@@ -582,17 +582,16 @@ def _tokenizer_sample(cfg: DataConfig) -> list[str]:
 
 
 def build_tokenizer(cfg: DataConfig) -> Tokenizer:
-    """The tokenizer cfg.tokenizer names; bpe/unigram are trained once and cached."""
-    if cfg.source.startswith("task:"):  # the task fixes its symbols
-        from lm.tasks import tokenizer_for
-
-        return tokenizer_for(cfg)
+    """The tokenizer the source fixes (a task's symbols), else the one cfg.tokenizer names;
+    bpe/unigram are trained once and cached."""
+    source = sources.source_for(cfg)
+    fixed = source.tokenizer()
+    if fixed is not None:
+        return fixed
     if cfg.tokenizer == "byte":
         return ByteTokenizer()
-    from lm.data import corpus_fingerprint
-
     key = {
-        "corpus": corpus_fingerprint(cfg),
+        "corpus": source.fingerprint(),
         "kind": cfg.tokenizer,
         "vocab": cfg.tokenizer_vocab,
         "sample_bytes": cfg.tokenizer_sample_bytes,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import jax
@@ -99,53 +98,22 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
 # ---------------------------------------------------------------- loss
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _output_xent(x_MD: jax.Array, w: jax.Array, targets_M: jax.Array, tied: bool) -> jax.Array:
-    """Cross-entropy of the output layer's logits (w: [V, D] tied, else [D, V]) -> [M].
+def token_losses(params, batch_BW: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Cross-entropy in nats of each next token: [B, T+1] windows -> [B, T] float32.
 
-    The same numbers as logsumexp - take_along_axis on the logits; the hand-written backward
-    forms d(logits) = softmax - onehot in one pass (no scatter-add of the picked logit) and
-    computes the tied embedding's gradient as [D, V], then transposes it (XLA:CPU would
-    otherwise first transpose the whole [M, V] matrix, and writes a narrow output slower)."""
-    return _output_xent_fwd(x_MD, w, targets_M, tied)[0]
-
-
-def _output_xent_fwd(x_MD, w, targets_M, tied):
-    logits_MV = jnp.einsum("MD,VD->MV" if tied else "MD,DV->MV", x_MD, w)
-    logz_M = jax.nn.logsumexp(logits_MV, axis=-1)
-    picked_M = jnp.take_along_axis(logits_MV, targets_M[:, None], axis=-1)[:, 0]
-    return logz_M - picked_M, (x_MD, w, targets_M, logits_MV, logz_M)
+    `model.apply` and the loss fused into one kernel (`model.output_xent`), so the fast
+    kernels can form the logits' gradient in one pass."""
+    inputs_BT, targets_BT = batch_BW[:, :-1], batch_BW[:, 1:]
+    x_BTD = model.norm(params["final_norm"], model.hidden(params, inputs_BT, cfg), cfg)
+    B, T, D = x_BTD.shape
+    w = model.output_weight(params, cfg).astype(x_BTD.dtype)
+    x_MD, targets_M = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
+    xent = model.kernels(cfg).output_xent
+    return xent(x_MD, w, targets_M, cfg.tied_embeddings).astype(jnp.float32).reshape(B, T)
 
 
-def _output_xent_bwd(tied, res, g_M):
-    x_MD, w, targets_M, logits_MV, logz_M = res
-    onehot_MV = jnp.arange(logits_MV.shape[-1]) == targets_M[:, None]
-    dlogits_MV = (jnp.exp(logits_MV - logz_M[:, None]) - onehot_MV) * g_M[:, None]
-    dx_MD = jnp.einsum("MV,VD->MD" if tied else "MV,DV->MD", dlogits_MV, w)
-    dw_DV = jnp.einsum("MD,MV->DV", x_MD, dlogits_MV)
-    return dx_MD, (model._transposed_weight_grad(dw_DV) if tied else dw_DV), None
-
-
-_output_xent.defvjp(_output_xent_fwd, _output_xent_bwd)
-
-
-def token_losses(params, batch_BT1: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """Cross-entropy in nats of each next token: [B, T+1] windows -> [B, T] float32."""
-    inputs_BT, targets_BT = batch_BT1[:, :-1], batch_BT1[:, 1:]
-    if model._fast_grads(cfg):  # float32, no remat: model.apply + the formula below, fused
-        x_BTD = model._norm(params["final_norm"], model.hidden(params, inputs_BT, cfg), cfg)
-        B, T, D = x_BTD.shape
-        w = (params["embed"] if cfg.tied_embeddings else params["unembed"]).astype(x_BTD.dtype)
-        x_MD, targets_M = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
-        return _output_xent(x_MD, w, targets_M, cfg.tied_embeddings).reshape(B, T)
-    logits_BTV = model.apply(params, inputs_BT, cfg)
-    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    picked_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    return logz_BT - picked_BT
-
-
-def loss_fn(params, batch_BT1: jax.Array, cfg: ModelConfig) -> jax.Array:
-    return token_losses(params, batch_BT1, cfg).mean()
+def loss_fn(params, batch_BW: jax.Array, cfg: ModelConfig) -> jax.Array:
+    return token_losses(params, batch_BW, cfg).mean()
 
 
 # ---------------------------------------------------------------- state and step
@@ -203,13 +171,14 @@ def create_state(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh) -> 
 def make_train_step(
     cfg: Config, opt: optax.GradientTransformation, mesh: Mesh, dynamic: bool = False
 ):
-    """A jitted `(state, batches_SABT1) -> (state, metrics_S)` running S optimizer steps.
+    """A jitted `(state, batches_CABW) -> (state, metrics_C)` running C optimizer steps.
 
-    batches: int32 [S, A, B/A, T+1] (S fused steps, A gradient-accumulation micro-batches).
+    batches: int32 [C, A, B/A, W] (C fused steps, A gradient-accumulation micro-batches,
+    windows of W = T+1 tokens).
     Fusing steps into one call (a scan) removes per-step dispatch cost on small models.
 
-    dynamic: `(state, batches_SABT1, n) -> (state, metrics_S)` runs only the first n (<= S)
-    steps, a loop whose trip count is data: a call shorter than S (before a log, eval or
+    dynamic: `(state, batches_CABW, n) -> (state, metrics_C)` runs only the first n (<= C)
+    steps, a loop whose trip count is data: a call shorter than C (before a log, eval or
     checkpoint boundary) reuses the one compiled program instead of compiling another, and the
     steps it skips cost nothing. The numbers are the scan's, bit for bit (tests/test_train.py);
     metrics past n are zeros.
@@ -217,11 +186,11 @@ def make_train_step(
     mcfg = cfg.model
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def one_step(state: State, batch_ABT1):
+    def one_step(state: State, batch_ABW):
         params = state["params"]
-        A = batch_ABT1.shape[0]
+        A = batch_ABW.shape[0]
         if A == 1:
-            loss, grads = grad_fn(params, batch_ABT1[0], mcfg)
+            loss, grads = grad_fn(params, batch_ABW[0], mcfg)
         else:
 
             def micro(carry, mb):
@@ -230,7 +199,7 @@ def make_train_step(
                 return (l_acc + loss, jax.tree.map(jnp.add, g_acc, g)), None
 
             zeros = jax.tree.map(jnp.zeros_like, params)
-            (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch_ABT1)
+            (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch_ABW)
             loss, grads = loss / A, jax.tree.map(lambda g: g / A, grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = opt.update(grads, state["opt_state"], params)
@@ -274,16 +243,16 @@ def make_train_step(
 
 
 def make_eval_step(cfg: Config, mesh: Mesh, batch: int | None = None):
-    """A jitted `(params, windows_BT1, token_bytes_V) -> (loss sums [B], byte sums [B])`.
+    """A jitted `(params, windows_BW, token_bytes_V) -> (loss sums [B], byte sums [B])`.
 
     batch: compile now, ahead of time, for windows of that many rows (the only shape the
     returned function then accepts)."""
     mcfg = cfg.model
     p_shard = sharding.param_shardings(model.param_specs(mcfg), mesh)
 
-    def eval_step(params, windows_BT1, token_bytes_V):
-        losses_BT = token_losses(params, windows_BT1, mcfg)
-        nbytes_BT = token_bytes_V[windows_BT1[:, 1:]]
+    def eval_step(params, windows_BW, token_bytes_V):
+        losses_BT = token_losses(params, windows_BW, mcfg)
+        nbytes_BT = token_bytes_V[windows_BW[:, 1:]]
         return losses_BT.sum(-1), nbytes_BT.sum(-1)
 
     win_shard = sharding.batch_sharding(mesh, 2, 0)
@@ -301,9 +270,9 @@ def make_eval_step(cfg: Config, mesh: Mesh, batch: int | None = None):
             jax.ShapeDtypeStruct((mcfg.vocab_size,), jnp.int32),
         ).compile()
 
-    def run(params, windows_BT1, token_bytes_V):
+    def run(params, windows_BW, token_bytes_V):
         # Every process holds all the (fixed) windows; each device takes its rows.
-        w = np.asarray(windows_BT1)
+        w = np.asarray(windows_BW)
         w = jax.make_array_from_callback(w.shape, win_shard, lambda idx: w[idx])
         return jitted(params, w, token_bytes_V)
 

@@ -108,3 +108,60 @@ def test_every_shipped_config_loads():
     assert files, "no configs shipped"
     for f in files:
         config.load(f)
+
+
+# The hand-kept lists lm.loop had before field metadata replaced them, as golden values.
+OLD_RESUMABLE_KEYS = {
+    "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts",
+    "train.sample_every", "train.sample_tokens", "train.peak_flops", "data.cache_dir",
+    "train.steps_per_call", "mesh.data", "mesh.fsdp", "mesh.tensor",
+}  # fmt: skip
+OLD_NOT_COMPILED_IN = {  # and every data.* key (program_key dropped them by prefix)
+    "train.seed", "train.steps", "train.lr", "train.schedule", "train.warmup_steps",
+    "train.decay_fraction", "train.min_lr_ratio", "train.log_every", "train.eval_every",
+    "train.eval_windows", "train.ckpt_every", "train.keep_ckpts", "train.peak_flops",
+    "train.sample_every", "train.sample_tokens",
+}  # fmt: skip
+
+
+def test_key_sets_from_field_metadata_match_the_old_lists():
+    flags = config.key_flags()
+    assert set(flags) == set(_flat_keys(config.to_dict(config.Config())))
+    data_keys = {k for k in flags if k.startswith("data.")}
+    assert "data.source" in data_keys and "data.cache_dir" in data_keys
+    assert config.resumable_keys() == OLD_RESUMABLE_KEYS
+    assert config.uncompiled_keys() == OLD_NOT_COMPILED_IN | data_keys
+    assert all(flags[k].resumable for k in flags if k.startswith("mesh."))
+
+
+def _flat_keys(d, prefix=""):
+    for k, v in d.items():
+        yield from _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Section:
+    new_key: int = 0
+    host: int = dataclasses.field(default=0, metadata=config.HOST_SIDE)
+    pinned: int = dataclasses.field(default=0, metadata={"compiled": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Top:
+    sec: _Section = dataclasses.field(default_factory=_Section)
+    batches: _Section = dataclasses.field(default_factory=_Section, metadata=config.NOT_COMPILED)
+    meshy: _Section = dataclasses.field(default_factory=_Section, metadata=config.RESUMABLE)
+    new_top: str = "x"
+
+
+def test_a_new_key_is_compiled_in_and_not_resumable():
+    """A key that says nothing lands on the safe side: part of the programs' cache key, and a
+    resume refuses a change to it; in a section with metadata, it takes the section's."""
+    f = config.key_flags(_Top)
+    safe = config.KeyFlags(resumable=False, compiled=True)
+    assert f["new_top"] == f["sec.new_key"] == f["sec.pinned"] == safe
+    assert f["sec.host"] == f["batches.host"] == f["meshy.host"]
+    assert f["sec.host"] == config.KeyFlags(resumable=True, compiled=False)
+    assert f["batches.new_key"] == config.KeyFlags(resumable=False, compiled=False)
+    assert f["batches.pinned"] == safe  # the key's own metadata wins over its section's
+    assert f["meshy.new_key"] == f["meshy.pinned"] == config.KeyFlags(resumable=True)

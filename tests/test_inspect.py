@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tiny import tiny_cfg
 
-from lm import checkpoint, cli, config, export, inspect, loop, model, run, sampling
+from lm import checkpoint, cli, config, export, inspect, loop, model, rope, run, sampling
 
 PROMPT = "def add(a, b):"
 
@@ -56,8 +56,9 @@ def test_attention_heads_are_in_query_head_order():
     p = {k: np.asarray(v)[0] for k, v in export.flatten(params["layers"]).items()}
     x_TD = run.norm(np.asarray(params["embed"])[tokens], p, "attn_norm", m)
     pos_T = np.arange(len(tokens))
-    q_TNH = run.rope(np.einsum("TD,DNH->TNH", x_TD, p["wq"]), pos_T, m["rope_theta"])
-    k_TKH = run.rope(np.einsum("TD,DKH->TKH", x_TD, p["wk"]), pos_T, m["rope_theta"])
+    freq_h = rope.frequencies(8, m)
+    q_TNH = rope.rotate(np.einsum("TD,DNH->TNH", x_TD, p["wq"]), pos_T, freq_h)
+    k_TKH = rope.rotate(np.einsum("TD,DKH->TKH", x_TD, p["wk"]), pos_T, freq_h)
     for n in range(4):
         s_TS = q_TNH[:, n] @ k_TKH[:, n // 2].T / np.sqrt(8)
         s_TS = np.where(np.tril(np.ones_like(s_TS)) > 0, s_TS, -np.inf)

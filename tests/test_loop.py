@@ -112,6 +112,28 @@ def test_runs_of_one_shape_share_compiled_programs(tmp_path):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_restore_or_init_takes_the_checkpoint_else_init_from_else_a_fresh_state(tmp_path):
+    quiet = lambda *_: None  # noqa: E731
+    cfg = _cfg(tmp_path)
+    loop.train_run(cfg, tmp_path / "a", progress=False, stop_after=6, print_fn=quiet)
+    progs = loop.programs(cfg)
+
+    def restore(run_dir, init_from=None):
+        run_dir.mkdir(exist_ok=True)
+        mgr = checkpoint.manager(run_dir)
+        try:
+            state, start, saved = loop.restore_or_init(cfg, run_dir, progs, mgr, init_from, quiet)
+        finally:
+            mgr.close()
+        assert "schedule" in state
+        return int(state["step"]), start, saved
+
+    assert restore(tmp_path / "a") == (6, 6, 6)  # stopped at 6: its last checkpoint
+    assert restore(tmp_path / "b", init_from=(tmp_path / "a", 4)) == (4, 4, None)
+    assert [r["step"] for r in _lines(tmp_path / "b")] == [2, 4, 4]  # a's lines to step 4
+    assert restore(tmp_path / "c") == (0, 0, None)
+
+
 def test_resume_refuses_a_changed_config(tmp_path):
     cfg = _cfg(tmp_path)
     loop.train_run(cfg, tmp_path / "r", progress=False, stop_after=4, print_fn=lambda *_: None)

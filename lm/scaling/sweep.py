@@ -553,6 +553,25 @@ def run_unit(members: list[Member], out: Path, *, on_start=None, on_member=None,
     return True
 
 
+def train_unit(job: dict, send, where: dict, memo: dict) -> bool:
+    """Train one unit in a worker process (lm.scaling.workers.worker_main, which the pool of
+    `_run_sweep` starts with this function): `job` is the message `_run_sweep` sent, each
+    member's start and end go back through `send`, `memo` keeps the mapped corpus between the
+    worker's units. False when another process holds the unit."""
+    members = [member_from_dict(d) for d in job["members"]]
+
+    def on_start(m, stop_after) -> None:
+        send(ev="start", member=m.name, stop_after=stop_after)
+
+    def on_member(m, stop_after, rec) -> None:
+        rec = rec or {}
+        send(ev="member", member=m.name, final=stop_after is None, trained=bool(rec),
+             timings=rec.get("timings", {}), wall=rec.get("wall", 0.0))  # fmt: skip
+
+    return run_unit(members, Path(job["out"]), on_start=on_start, on_member=on_member,
+                    data_memo=memo, trained_by={**job.get("trained_by", {}), **where})  # fmt: skip
+
+
 def train_member(m: Member, out: Path, stop_after: int | None = None, *, main: bool = True,
                  progress: bool = False, data_memo: dict | None = None,
                  trained_by: dict | None = None) -> dict:  # fmt: skip
@@ -793,7 +812,8 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
                 + "; ".join(f"cores {','.join(map(str, s.cpus)) or 'all'}, "
                             f"{len(s.devices)} {s.platform} device(s)" for s in slices)
             )  # fmt: skip
-            pool = workers_lib.Pool(slices, out / "logs", f"-{share.index}")
+            pool = workers_lib.Pool(slices, out / "logs", f"-{share.index}",
+                                    trainer="lm.scaling.sweep:train_unit")  # fmt: skip
         for k, units in enumerate(stages):
             if k == 1 and lr_members:
                 # The rule needs every LR member, those of other hosts' shares included.
@@ -1057,46 +1077,6 @@ def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) ->
     return members
 
 
-def cmd_plan(args) -> int:
-    print_plan(load_sweep(args.file, args.set))
-    return 0
-
-
-def cmd_run(args) -> int:
-    from lm.cli import UsageError, init_distributed
-
-    sweep = load_sweep(args.file, args.set)
-    try:
-        share = workers_lib.share_from(args.worker_index, args.num_workers)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    init_distributed(args)
-    from lm.scaling import report
-
-    out = Path(args.out)
-    res = run_sweep(sweep, out, progress=not args.no_progress, workers=args.workers,
-                    share=share)  # fmt: skip
-    if not res["main"]:  # process 0 fits, plots and reports
-        return 0
-    if not res["complete"]:
-        print(
-            f"{res['n_done']} of {len(res['members'])} members done: the run that finishes "
-            f"the last one writes the report (any time: lm scaling plot --sweep {out})"
-        )
-        return 0
-    # Hosts sharing the sweep may finish together: one of them writes the report.
-    try:
-        with runlock.hold(out / "claims" / "report", "sweep report", lambda *_: None):
-            t1 = time.perf_counter()
-            report.write_report(out, sweep, print_fn=print)
-            post = time.perf_counter() - t1
-    except runlock.Busy:
-        print("another process is writing this sweep's report")
-        return 0
-    print(time_breakdown(out, res["members"], post))
-    return 0
-
-
 def time_breakdown(out: Path, members: dict, report_s: float) -> str:
     """Where the whole sweep's time went, over every invocation (and host) that trained it:
     the wall time during which any of them ran, the members' own time (more than the wall time
@@ -1132,97 +1112,3 @@ def time_breakdown(out: Path, members: dict, report_s: float) -> str:
         + ", ".join(f"{k} {tm.get(k, 0.0):.0f} s" for k in named)
         + f", other (data, state init, restores) {rest:.0f} s"
     )
-
-
-def _workers_arg(s: str) -> int | str:
-    import argparse
-
-    if s == "auto":
-        return s
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: a number of workers, or auto") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: at least 1")
-    return n
-
-
-def _index_arg(s: str) -> int:
-    import argparse
-
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n}: must be >= 0")
-    return n
-
-
-def add_sweep_parser(sub) -> None:
-    from lm.cli import add_set_option  # lm.cli imports this module's parsers
-
-    sw = sub.add_parser(
-        "sweep",
-        help="scaling sweeps over model size and data size",
-        description="Train a family of models from one sweep file (configs/sweeps/*.yaml): an "
-        "LR sweep if the file asks for one, then every IsoFLOP budget x size (or grid point), "
-        "then fits, plots and report.md. `plan` shows the members and the design check first.",
-    )
-    ssub = sw.add_subparsers(dest="sweep_command", required=True)
-    r = ssub.add_parser(
-        "run",
-        help="run every member (rerun to resume), then fit and plot",
-        description="Run a sweep file; rerunning skips finished members and resumes the rest.",
-    )
-    r.add_argument("file", help="sweep file, e.g. configs/sweeps/cpu-tiny.yaml")
-    r.add_argument("--out", required=True, help="sweep directory")
-    add_set_option(r, "override sweep keys, e.g. --set seeds=1 base.train.batch_size=16")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument(
-        "--workers",
-        type=_workers_arg,
-        default="auto",
-        metavar="N|auto",
-        help="members trained side by side on this machine, each in a worker process on its "
-        "own cores (CPU) or devices (GPU/TPU); longest first, a WSD trunk with its branches in "
-        "one worker. auto (default): as many as are estimated faster than one at a time, else "
-        "1; 1: every member in this process, one after another, on everything it sees",
-    )
-    r.add_argument(
-        "--worker-index",
-        type=_index_arg,
-        metavar="I",
-        help="many hosts: this host's index, 0..N-1; each of N hosts runs the same command on "
-        "one shared --out and trains its share (default: LM_WORKER_INDEX, SLURM_ARRAY_TASK_ID, "
-        "or a Kubernetes indexed Job's JOB_COMPLETION_INDEX)",
-    )
-    r.add_argument(
-        "--num-workers",
-        type=int,
-        metavar="N",
-        help="many hosts: how many share the sweep (default: LM_NUM_WORKERS or "
-        "SLURM_ARRAY_TASK_COUNT); the last to finish writes the report",
-    )
-    r.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: jax.distributed.initialize() with autodetection",
-    )
-    r.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
-    r.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    r.add_argument("--process-id", type=int, help="multi-host: this process's id")
-    r.set_defaults(func=cmd_run)
-    p = ssub.add_parser(
-        "plan",
-        help="print members, FLOPs and estimated wall time; no training",
-        description="Print every member a sweep file would train (LR-sweep runs, IsoFLOP or grid "
-        "members, seeds), its shape, tokens, compute and an estimated time at mfu_estimate of "
-        "the machine's peak, then the design check: per budget, how many sizes lie on each "
-        "side of the optimum expected at expected_tokens_per_param (a FAIL line where a budget "
-        "cannot bracket it). Trains nothing.",
-    )
-    p.add_argument("file", help="sweep file, e.g. configs/sweeps/tpu-isoflop.yaml")
-    add_set_option(p, "override sweep keys, as for run")
-    p.set_defaults(func=cmd_plan)

@@ -449,7 +449,7 @@ class WorkerError(RuntimeError):
     """A worker process failed in a way that has no exception class of its own here."""
 
 
-_WORKER_CODE = "from lm.scaling.workers import worker_main; worker_main()"
+_WORKER_CODE = "import sys; from lm.scaling.workers import worker_main; worker_main(sys.argv[1])"
 
 
 def _reraise(ev: dict, log: Path) -> None:
@@ -480,9 +480,10 @@ class _Worker:
 class Pool:
     """Worker processes, one per slice, each a fresh Python (the slice's environment and core
     pinning must precede JAX's start) that trains the units it is sent, one at a time, and
-    keeps its compiled programs and mapped corpus between them."""
+    keeps its compiled programs and mapped corpus between them. `trainer` ("module:function")
+    trains one unit there: see `worker_main`."""
 
-    def __init__(self, slices: list[Slice], log_dir: Path, tag: str = ""):
+    def __init__(self, slices: list[Slice], log_dir: Path, tag: str = "", *, trainer: str):
         log_dir.mkdir(parents=True, exist_ok=True)
         root = str(Path(__file__).resolve().parents[2])  # the checkout holding `lm`
         self.workers: list[_Worker] = []
@@ -497,7 +498,7 @@ class Pool:
                 )
                 log = log_dir / f"worker{tag}-{s.index}.log"
                 with log.open("w") as f:
-                    proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE],
+                    proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE, trainer],
                                             stdin=subprocess.PIPE, stdout=f,
                                             stderr=subprocess.STDOUT, env=env, pass_fds=(w,),
                                             text=True)  # fmt: skip
@@ -626,9 +627,16 @@ def _pin_threads(cpus: set[int]) -> None:
             pass
 
 
-def worker_main() -> None:
+def worker_main(trainer: str) -> None:
     """A worker process: start JAX, pin to its cores, then train each unit read from stdin (one
     JSON line each) and report events on LM_SWEEP_EVENTS_FD, until stdin closes.
+
+    `trainer`, "module:function", trains one unit: `train(job, send, where, memo)` with the
+    job's message, `send(**event)` to report ("start" and "member" events), `where` (this
+    worker: index, pid, cores, devices) and `memo`, a dict kept between the worker's units. It
+    returns False when another process holds the unit. The pool's owner names it
+    (lm.scaling.sweep.train_unit), so this module never imports the sweep, and it is imported
+    only once JAX has started and the worker is pinned.
 
     XLA:CPU sizes its thread pool to the cores the process may run on when its backend starts,
     and a run's losses depend on that size in their last bits (measured: a 2x24 model differs
@@ -656,31 +664,26 @@ def worker_main() -> None:
     def send(**ev: Any) -> None:
         events.write(json.dumps(ev) + "\n")
 
-    from lm.scaling import sweep as sweep_lib
+    import importlib
 
+    module, _, name = trainer.partition(":")
+    train = getattr(importlib.import_module(module), name)
     where = {"worker": int(os.environ.get("LM_SWEEP_WORKER", "0")), "pid": os.getpid(),
              "cpus": sorted(os.sched_getaffinity(0)), "devices": jax.local_device_count(),
              "platform": jax.default_backend()}  # fmt: skip
     send(ev="ready", **where)
-    data_memo: dict = {}
+    memo: dict = {}
     for line in sys.stdin:
         job = json.loads(line)
-        members = [sweep_lib.member_from_dict(d) for d in job["members"]]
-        current: list[str] = [""]
+        current: list[str] = [""]  # the member being trained, for an error event
 
-        def on_start(m, stop_after, current=current) -> None:
-            current[0] = m.name
-            send(ev="start", member=m.name, stop_after=stop_after)
-
-        def on_member(m, stop_after, rec) -> None:
-            rec = rec or {}
-            send(ev="member", member=m.name, final=stop_after is None, trained=bool(rec),
-                 timings=rec.get("timings", {}), wall=rec.get("wall", 0.0))  # fmt: skip
+        def send_unit(current=current, **ev: Any) -> None:
+            if ev["ev"] == "start":
+                current[0] = ev["member"]
+            send(**ev)
 
         try:
-            ok = sweep_lib.run_unit(members, Path(job["out"]), on_start=on_start,
-                                    on_member=on_member, data_memo=data_memo,
-                                    trained_by={**job.get("trained_by", {}), **where})  # fmt: skip
+            ok = train(job, send_unit, where, memo)
             send(ev="unit", unit=job["name"], held=not ok)
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the parent
             send(ev="error", unit=job["name"], member=current[0], type=type(e).__name__,

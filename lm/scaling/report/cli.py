@@ -15,7 +15,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not (out / "results.csv").is_file():
         raise FileNotFoundError(f"--sweep {out}: no results.csv (run `lm sweep run` first)")
     if args.bootstrap < 0:
-        from lm.cli import UsageError
+        from lm.cliutil import UsageError
 
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     write_report(out, None, print_fn=print, n_boot=args.bootstrap, seed=args.seed)

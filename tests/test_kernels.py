@@ -1,0 +1,237 @@
+"""The hand-written backward passes (lm.kernels.cpu) against autodiff, and the seam that picks.
+
+Each kernel is checked two independent ways: `jax.test_util.check_grads` (its VJP against
+finite differences, in float64) and its VJP against autodiff of the plain formula in
+lm.model (float32, random cotangents). Then whole train-step gradients with
+model.grad_impl=custom against grad_impl=autodiff, across the architectures and options.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from lm import config, inspect, model, train
+from lm.config import PRESETS, ModelConfig
+from lm.kernels import cpu
+
+
+def _rand(key, *shape, dtype=jnp.float32):
+    return jax.random.normal(jax.random.key(key), shape, dtype)
+
+
+def _mask_BTS(B, T, S, empty_row=True):
+    mask = np.tril(np.ones((T, S), bool), S - T)[None].repeat(B, 0)
+    if empty_row:
+        mask[0, 0] = False  # a query with no visible key: its weights are uniform
+    return jnp.asarray(mask)
+
+
+CASES = {
+    # name: (plain function, cpu function, argument shapes, static extra args)
+    "dense_1": (model.dense, cpu.dense, [(2, 5, 6), (6, 7)], (1,)),
+    "dense_wide_out": (model.dense, cpu.dense, [(2, 5, 6), (6, 3, 4)], (1,)),
+    "dense_narrow_out": (model.dense, cpu.dense, [(2, 5, 12), (12, 3)], (1,)),
+    "dense_2": (model.dense, cpu.dense, [(2, 5, 3, 4), (3, 4, 6)], (2,)),
+    "gelu": (model.gelu, cpu.gelu, [(3, 5, 8)], ()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_elementwise_and_dense_kernels(name):
+    plain, fast, shapes, extra = CASES[name]
+    with jax.enable_x64(True):
+        args = [_rand(i, *s, dtype=jnp.float64) for i, s in enumerate(shapes)]
+        check_grads(lambda *a: fast(*a, *extra), args, order=1, modes=["rev"])
+    args = [_rand(i, *s) for i, s in enumerate(shapes)]
+    _same_vjp(lambda *a: plain(*a, *extra), lambda *a: fast(*a, *extra), args)
+
+
+def _same_vjp(plain, fast, args, rtol=2e-5):
+    y_plain, vjp_plain = jax.vjp(plain, *args)
+    y_fast, vjp_fast = jax.vjp(fast, *args)
+    for a, b in zip(jax.tree.leaves(y_fast), jax.tree.leaves(y_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6)
+    ct = jax.tree.map(lambda y: _rand(99, *y.shape, dtype=y.dtype), y_plain)
+    for g_fast, g_plain in zip(vjp_fast(ct), vjp_plain(ct), strict=True):
+        scale = float(jnp.abs(g_plain).max())
+        np.testing.assert_allclose(g_fast, g_plain, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_normalize(center, with_bias):
+    def f(fn):
+        return lambda x, s, b: fn(x, s, b if with_bias else None, 1e-5, center)
+
+    with jax.enable_x64(True):
+        args = [_rand(i, *s, dtype=jnp.float64) for i, s in enumerate([(3, 4, 8), (8,), (8,)])]
+        check_grads(f(cpu.normalize), args, order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+    args = [_rand(i, *s) for i, s in enumerate([(3, 4, 8), (8,), (8,)])]
+    _same_vjp(f(model.normalize), f(cpu.normalize), args, rtol=5e-5)
+
+
+@pytest.mark.parametrize("K,G", [(1, 4), (2, 2), (4, 1), (3, 1)])
+@pytest.mark.parametrize("use_weights", [False, True])
+def test_attend(K, G, use_weights):
+    """Both the training case (only the output used: the weights' cotangent is a symbolic
+    zero) and lm.inspect's (the weights used too); MQA, GQA, MHA and an odd K."""
+    B, T, S, H = 2, 5, 7, 4
+    shapes = [(B, T, K, G, H), (B, S, K, H), (B, S, K, H)]
+    mask = _mask_BTS(B, T, S)
+
+    def f(fn):
+        if use_weights:
+            return lambda q, k, v: fn(q, k, v, mask)
+        return lambda q, k, v: fn(q, k, v, mask)[0]
+
+    with jax.enable_x64(True):
+        args = [_rand(i, *s, dtype=jnp.float64) for i, s in enumerate(shapes)]
+        check_grads(f(cpu.attend), args, order=1, modes=["rev"])
+    args = [_rand(i, *s) for i, s in enumerate(shapes)]
+    _same_vjp(f(model.attend), f(cpu.attend), args)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_output_xent(tied):
+    M, D, V = 6, 8, 11
+    targets = jnp.asarray(np.random.default_rng(0).integers(0, V, M))
+    w_shape = (V, D) if tied else (D, V)
+
+    def f(fn):
+        return lambda x, w: fn(x, w, targets, tied)
+
+    with jax.enable_x64(True):
+        args = [_rand(0, M, D, dtype=jnp.float64), _rand(1, *w_shape, dtype=jnp.float64)]
+        check_grads(f(cpu.output_xent), args, order=1, modes=["rev"])
+    _same_vjp(f(model.output_xent), f(cpu.output_xent), [_rand(0, M, D), _rand(1, *w_shape)])
+
+
+def test_check_grads_catches_a_wrong_backward():
+    """The harness above can fail: a kernel whose backward is off by 1% is caught."""
+
+    @jax.custom_vjp
+    def bad_gelu(x):
+        return cpu.gelu(x)
+
+    bad_gelu.defvjp(lambda x: jax.vjp(cpu.gelu, x), lambda vjp, g: tuple(1.01 * d for d in vjp(g)))
+    with jax.enable_x64(True), pytest.raises(AssertionError):
+        check_grads(bad_gelu, [_rand(0, 3, 8, dtype=jnp.float64)], order=1, modes=["rev"])
+    with pytest.raises(AssertionError):
+        _same_vjp(model.gelu, bad_gelu, [_rand(0, 3, 8)])
+
+
+# ---------------------------------------------------------------- the seam
+
+
+BASE = dict(n_layers=2, d_model=32, n_heads=4, vocab_size=61, max_seq_len=16)
+GPT2 = ModelConfig(**BASE, **PRESETS["gpt2"])
+LLAMA = ModelConfig(**BASE, n_kv_heads=2, **PRESETS["llama"])
+ARCHS = {
+    "gpt2": GPT2,  # learned positions, layernorm, gelu, biases, tied
+    "gpt2_untied_nobias": dataclasses.replace(GPT2, tied_embeddings=False, bias=False),
+    "llama": LLAMA,  # rope, rmsnorm, swiglu, untied, GQA
+    "llama_mqa_tied": dataclasses.replace(LLAMA, n_kv_heads=1, tied_embeddings=True),
+    "llama_linear_rope": dataclasses.replace(LLAMA, rope_scaling="linear", rope_scaling_factor=4.0),
+    "llama3_rope": dataclasses.replace(
+        LLAMA, rope_scaling="llama3", rope_scaling_factor=8.0, rope_original_max_seq_len=8
+    ),
+    "gpt2_remat_full": dataclasses.replace(GPT2, remat="full"),
+    "llama_remat_dots": dataclasses.replace(LLAMA, remat="dots"),
+    "llama_unscanned": dataclasses.replace(LLAMA, scan_layers=False),
+    "gpt2_deep_scanned": dataclasses.replace(GPT2, n_layers=8),  # the loop, not unrolled
+}
+
+
+def _grads(cfg: ModelConfig, impl: str):
+    cfg = dataclasses.replace(cfg, grad_impl=impl)
+    params = model.init(cfg, jax.random.key(0))
+    batch = jax.random.randint(jax.random.key(1), (3, 13), 0, cfg.vocab_size)
+    return jax.jit(jax.value_and_grad(train.loss_fn), static_argnums=2)(params, batch, cfg)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_train_step_gradients_custom_vs_autodiff(arch):
+    loss_c, g_c = _grads(ARCHS[arch], "custom")
+    loss_a, g_a = _grads(ARCHS[arch], "autodiff")
+    np.testing.assert_allclose(loss_c, loss_a, rtol=1e-6)
+    for path, a in jax.tree_util.tree_leaves_with_path(g_a):
+        c = g_c
+        for k in path:
+            c = c[k.key]
+        # bk's true gradient is 0 (a key bias shifts every score of a query equally): its
+        # rounding noise (~1e-11) is held to an absolute floor rather than to its own size.
+        atol = max(1e-4 * float(jnp.abs(a).max()), 1e-8)
+        np.testing.assert_allclose(c, a, rtol=1e-4, atol=atol, err_msg=str(path))
+
+
+def _uses_custom(cfg: ModelConfig) -> bool:
+    params = jax.eval_shape(lambda: model.init(cfg, jax.random.key(0)))
+    batch = jax.ShapeDtypeStruct((2, 9), jnp.int32)
+    jaxpr = jax.make_jaxpr(train.loss_fn, static_argnums=2)(params, batch, cfg)
+    return "custom_vjp_call" in str(jaxpr)
+
+
+def test_grad_impl_chooses_the_kernels():
+    assert model.grad_impl(GPT2) == "custom" and _uses_custom(GPT2)
+    for cfg in (
+        dataclasses.replace(GPT2, grad_impl="autodiff"),
+        dataclasses.replace(GPT2, remat="dots"),
+        dataclasses.replace(GPT2, compute_dtype="bfloat16"),
+    ):
+        assert model.grad_impl(cfg) == "autodiff" and not _uses_custom(cfg), cfg
+    forced = dataclasses.replace(GPT2, remat="full", grad_impl="custom")
+    assert model.grad_impl(forced) == "custom" and _uses_custom(forced)
+
+
+def test_grad_impl_is_a_checked_config_key():
+    cfg = config.load(None, ["model.grad_impl=autodiff"])
+    assert cfg.model.grad_impl == "autodiff"
+    with pytest.raises(config.ConfigError, match="grad_impl"):
+        config.load(None, ["model.grad_impl=fast"])
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def _llama3_freqs(H, theta, factor, low, high, original):
+    """Llama 3.1's frequency rule as its release describes it (wavelength thresholds), written
+    independently of lm.rope's ratio form."""
+    out = []
+    for i in range(0, H, 2):
+        f = theta ** (-i / H)
+        wavelen = 2 * math.pi / f
+        if wavelen < original / high:
+            out.append(f)
+        elif wavelen > original / low:
+            out.append(f / factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append((1 - smooth) * f / factor + smooth * f)
+    return np.array(out)
+
+
+def test_inspect_stages_follow_llama3_rope_scaling():
+    """`lm inspect --stages` once rotated q/k unscaled; now the stages are the model's own:
+    the logits are model.apply's and q is the llama3-scaled rotation computed by hand."""
+    cfg = dataclasses.replace(ARCHS["llama3_rope"], rope_high_freq_factor=2.0)
+    params = model.init(cfg, jax.random.key(3))
+    tokens = [5, 9, 2, 7, 7, 1, 30, 4, 11, 3]
+    rec = inspect.recorded_stages(params, cfg, tokens)
+    want = model.apply(params, jnp.asarray([tokens]), cfg)[0]
+    np.testing.assert_allclose(rec["logits"], want, rtol=1e-5, atol=1e-5)
+
+    H, T = cfg.head_dim, len(tokens)
+    freq_h = _llama3_freqs(H, cfg.rope_theta, 8.0, 1.0, 2.0, 8)
+    plain_h = cfg.rope_theta ** (-np.arange(0, H, 2) / H)
+    assert np.abs(freq_h - plain_h).max() > 0.01  # the scaling changes some frequencies
+    raw_TNH = np.einsum("TD,DNH->TNH", rec["attn_norm"][0], np.asarray(params["layers"]["wq"][0]))
+    ang_Th = np.arange(T)[:, None] * freq_h
+    c, s = np.cos(ang_Th)[:, None], np.sin(ang_Th)[:, None]
+    x1, x2 = raw_TNH[..., : H // 2], raw_TNH[..., H // 2 :]
+    want_q = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+    np.testing.assert_allclose(rec["q"][0], want_q, rtol=1e-4, atol=1e-5)
