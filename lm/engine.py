@@ -130,7 +130,7 @@ def admit(params, slots: Slots, rows_n, tokens_nP, lens_n, key_n, temp_n, top_k_
     """Prefill n right-padded prompts into slots `rows_n` and draw their first tokens.
 
     Rows equal to B (padding) are computed and dropped by the scatters."""
-    params = sampling._compute_params(params, cfg)
+    params = sampling.operand_params(params, cfg)
     P = tokens_nP.shape[1]
     last_nV, cache_n = sampling.prefill_last(params, cfg, tokens_nP, lens_n, P)
     zero_n = jnp.zeros_like(lens_n)
@@ -163,7 +163,7 @@ def decode(params, slots: Slots, *, cfg: ModelConfig, steps: int, n_top: int,
     `span` cache positions (default all; it must cover every busy slot's position + steps):
     (slots, Drawn with a leading [steps] axis). Each step reads the whole cache it is given,
     so skipping idle rows and unused positions is most of a step's cost."""
-    params = sampling._compute_params(params, cfg)
+    params = sampling.operand_params(params, cfg)
     R = slots.tok_B.shape[0] if rows is None else rows
     last = (cfg.max_seq_len if span is None else span) - 1
     head = jax.tree.map(lambda a: a[:R], slots._replace(cache=None))

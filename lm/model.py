@@ -23,6 +23,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -139,11 +140,17 @@ def _stable_hash(s: str) -> int:
 # The five operations the hot path is built from, as plain formulas that autodiff
 # differentiates. `lm.kernels.cpu` has the same functions with hand-written backward passes
 # that XLA:CPU runs 1.3-1.5x faster; `kernels(cfg)` is the one place that chooses.
+#
+# Precision: every matmul takes its operands as given (float32, or bfloat16 under
+# model.compute_dtype=bfloat16, cast by `operands`) and accumulates and returns float32.
+# Everything else (the residual stream, norms, softmax, the loss) is float32, and so are the
+# params and the optimizer state unless model.param_dtype says otherwise.
+F32 = jnp.float32
 
 
 def dense(x: jax.Array, w: jax.Array, n: int = 1) -> jax.Array:
     """x's last n axes contracted with w's first n: [B, T, D] x [D, N, H] -> [B, T, N, H]."""
-    return jnp.tensordot(x, w, n)
+    return jnp.tensordot(x, w, n, preferred_element_type=F32)
 
 
 def normalize(x, scale, bias, eps: float, center: bool):
@@ -159,19 +166,20 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 def attend(q_BTKGH, k_BSKH, v_BSKH, mask_BTS):
-    """softmax(q k^T, masked) v -> (out [B, T, K, G, H], weights [B, K, G, T, S]).
+    """softmax(q k^T, masked) v -> (out [B, T, K, G, H], weights [B, K, G, T, S]), float32.
 
     The one attention core: training, evaluation, KV-cache decoding and lm.inspect all call
     it. q comes scaled by 1/sqrt(H); the G query heads of a group share one key/value head.
     Keys and values may come as tuples of blocks along S (a decode step's cache and its own
     new key), attended as one without copying them into one array."""
     ks, vs = (k_BSKH, v_BSKH) if isinstance(k_BSKH, tuple) else ((k_BSKH,), (v_BSKH,))
-    s_BKGTS = jnp.concatenate([jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k) for k in ks], -1)
-    s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS.astype(jnp.float32), -1e30)
-    w_BKGTS = jax.nn.softmax(s_BKGTS, axis=-1).astype(q_BTKGH.dtype)
+    score = partial(jnp.einsum, "BTKGH,BSKH->BKGTS", preferred_element_type=F32)
+    s_BKGTS = jnp.concatenate([score(q_BTKGH, k) for k in ks], -1)
+    w_BKGTS = jax.nn.softmax(jnp.where(mask_BTS[:, None, None], s_BKGTS, -1e30), axis=-1)
     ends = np.cumsum([v.shape[1] for v in vs])
+    mix = partial(jnp.einsum, "BKGTS,BSKH->BTKGH", preferred_element_type=F32)
     o_BTKGH = sum(
-        jnp.einsum("BKGTS,BSKH->BTKGH", w_BKGTS[..., e - v.shape[1] : e], v)
+        mix(w_BKGTS[..., e - v.shape[1] : e].astype(v.dtype), v)
         for v, e in zip(vs, ends, strict=True)
     )
     return o_BTKGH, w_BKGTS
@@ -179,7 +187,8 @@ def attend(q_BTKGH, k_BSKH, v_BSKH, mask_BTS):
 
 def output_xent(x_MD: jax.Array, w: jax.Array, targets_M: jax.Array, tied: bool) -> jax.Array:
     """Cross-entropy of the output layer's logits (w: [V, D] tied, else [D, V]) -> [M]."""
-    logits_MV = jnp.einsum("MD,VD->MV" if tied else "MD,DV->MV", x_MD, w).astype(jnp.float32)
+    spec = "MD,VD->MV" if tied else "MD,DV->MV"
+    logits_MV = jnp.einsum(spec, x_MD, w, preferred_element_type=F32)
     picked_M = jnp.take_along_axis(logits_MV, targets_M[:, None], axis=-1)[:, 0]
     return jax.nn.logsumexp(logits_MV, axis=-1) - picked_M
 
@@ -196,12 +205,12 @@ PLAIN = Kernels(dense, normalize, gelu, attend, output_xent)
 
 
 def grad_impl(cfg: ModelConfig) -> str:
-    """ "custom" or "autodiff": `model.grad_impl`, with "auto" resolved. Remat policies decide
-    what to save by primitive ("save matmul outputs"), which a custom_vjp would hide, and the
-    hand-written backwards are tuned for float32; so auto is custom only without either."""
+    """The kernels, "custom" or "autodiff": `model.grad_impl`, with "auto" resolved to custom
+    on CPU without remat. Remat policies decide what to save by primitive ("save matmul
+    outputs"), which a custom_vjp would hide; the custom layouts are XLA:CPU's."""
     if cfg.grad_impl != "auto":
         return cfg.grad_impl
-    return "custom" if cfg.remat == "none" and cfg.compute_dtype == "float32" else "autodiff"
+    return "custom" if cfg.remat == "none" and jax.default_backend() == "cpu" else "autodiff"
 
 
 def kernels(cfg: ModelConfig) -> Kernels:
@@ -221,13 +230,22 @@ def _keep(rec: dict | None, **arrays) -> None:
         rec.update(arrays)
 
 
+def operands(cfg: ModelConfig, *xs):
+    """Arrays (or tuples of them) cast to the matmul operand dtype, model.compute_dtype: the
+    one place that says."""
+    return [jax.tree.map(lambda a: a.astype(cfg.compute_dtype), x) for x in xs]
+
+
+def matmul(x: jax.Array, w: jax.Array, cfg: ModelConfig, n: int = 1) -> jax.Array:
+    """x [..., I] times the weight w [I, ...] (n contracted axes), float32 out."""
+    return kernels(cfg).dense(*operands(cfg, x, w), n)
+
+
 def norm(p: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """LayerNorm or RMSNorm with weights p, computed in float32."""
-    f32 = jnp.float32
-    bias = p["bias"].astype(f32) if "bias" in p else None
+    """LayerNorm or RMSNorm with weights p, float32 in and out."""
+    bias = p["bias"].astype(F32) if "bias" in p else None
     center = cfg.norm == "layernorm"
-    y = kernels(cfg).normalize(x.astype(f32), p["scale"].astype(f32), bias, cfg.norm_eps, center)
-    return y.astype(x.dtype)
+    return kernels(cfg).normalize(x, p["scale"].astype(F32), bias, cfg.norm_eps, center)
 
 
 def rope(x_BTnH: jax.Array, pos_BT: jax.Array, cfg: ModelConfig) -> jax.Array:
@@ -245,12 +263,7 @@ class KVCache(NamedTuple):
 
 def qkv(p: Params, x_BTD: jax.Array, pos_BT: jax.Array, cfg: ModelConfig):
     """Queries [B, T, N, H], keys and values [B, T, K, H], rotated when positions are rope."""
-    k = kernels(cfg)
-    q_BTNH, k_BTKH, v_BTKH = (
-        k.dense(x_BTD, p["wq"]),
-        k.dense(x_BTD, p["wk"]),
-        k.dense(x_BTD, p["wv"]),
-    )
+    q_BTNH, k_BTKH, v_BTKH = (matmul(x_BTD, p[w], cfg) for w in ("wq", "wk", "wv"))
     if "bq" in p:
         q_BTNH, k_BTKH, v_BTKH = q_BTNH + p["bq"], k_BTKH + p["bk"], v_BTKH + p["bv"]
     if cfg.positions == "rope":
@@ -268,12 +281,13 @@ def attend_heads(q_BTNH, k_BSKH, v_BSKH, mask_BTS, cfg: ModelConfig, cached: boo
     # two, within an ulp otherwise.
     q_BTNH = q_BTNH * (1 / math.sqrt(H))
     core = attend if cached else kernels(cfg).attend
-    o_BTKGH, w_BKGTS = core(q_BTNH.reshape(B, T, K, N // K, H), k_BSKH, v_BSKH, mask_BTS)
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    o_BTKGH, w_BKGTS = core(*operands(cfg, q_BTKGH, k_BSKH, v_BSKH), mask_BTS)
     return o_BTKGH.reshape(B, T, N, H), w_BKGTS.reshape(B, N, T, -1)
 
 
 def attention_out(p: Params, o_BTNH: jax.Array, cfg: ModelConfig) -> jax.Array:
-    out_BTD = kernels(cfg).dense(o_BTNH, p["wo"], 2)
+    out_BTD = matmul(o_BTNH, p["wo"], cfg, n=2)
     return out_BTD + p["bo"] if "bo" in p else out_BTD
 
 
@@ -292,8 +306,6 @@ def attention(p, x_BTD, pos_BT, cfg: ModelConfig, kv=None, kv_mask_BS=None, rec=
         kv = (k_BSKH, v_BSKH)
     if kv_mask_BS is not None:
         mask_BTS = mask_BTS & kv_mask_BS[:, None, :]
-    dtype = x_BTD.dtype
-    k_BSKH, v_BSKH = k_BSKH.astype(dtype), v_BSKH.astype(dtype)
     o_BTNH, w_BNTS = attend_heads(q_BTNH, k_BSKH, v_BSKH, mask_BTS, cfg, cached=kv is not None)
     _keep(rec, q=q_BTNH, k=k_BTKH, v=v_BTKH, attention=w_BNTS)
     _keep(rec, heads=o_BTNH)
@@ -301,16 +313,15 @@ def attention(p, x_BTD, pos_BT, cfg: ModelConfig, kv=None, kv_mask_BS=None, rec=
 
 
 def mlp(p: Params, x_BTD: jax.Array, cfg: ModelConfig, rec=None) -> jax.Array:
-    k = kernels(cfg)
-    up_BTF = k.dense(x_BTD, p["w_up"])
+    up_BTF = matmul(x_BTD, p["w_up"], cfg)
     if "b_up" in p:
         up_BTF = up_BTF + p["b_up"]
     if cfg.mlp == "swiglu":
-        h_BTF = jax.nn.silu(k.dense(x_BTD, p["w_gate"])) * up_BTF
+        h_BTF = jax.nn.silu(matmul(x_BTD, p["w_gate"], cfg)) * up_BTF
     else:
-        h_BTF = k.gelu(up_BTF)
+        h_BTF = kernels(cfg).gelu(up_BTF)
     _keep(rec, mlp_hidden=h_BTF)
-    out_BTD = k.dense(h_BTF, p["w_down"])
+    out_BTD = matmul(h_BTF, p["w_down"], cfg)
     return out_BTD + p["b_down"] if "b_down" in p else out_BTD
 
 
@@ -328,15 +339,14 @@ def block(p, x_BTD, pos_BT, cfg: ModelConfig, kv=None, kv_mask_BS=None, rec=None
 
 
 def embed(params: Params, tokens_BT: jax.Array, pos_BT: jax.Array | None, cfg: ModelConfig):
-    """Token (and learned position) embeddings [B, T, D]; pos_BT None means 0..T-1."""
-    dtype = jnp.dtype(cfg.compute_dtype)
-    x_BTD = params["embed"].astype(dtype)[tokens_BT]
+    """Token (and learned position) embeddings [B, T, D] float32; pos_BT None means 0..T-1."""
+    x_BTD = params["embed"][tokens_BT].astype(F32)
     if cfg.positions == "learned":
         # Positions 0..T-1 are a slice of the table: its gradient is then a sum over the
         # batch instead of the scatter-add that indexing needs.
         T = tokens_BT.shape[1]
         pos_BTD = params["pos_embed"][:T] if pos_BT is None else params["pos_embed"][pos_BT]
-        x_BTD = x_BTD + pos_BTD.astype(dtype)
+        x_BTD = x_BTD + pos_BTD.astype(F32)
     return x_BTD
 
 
@@ -347,9 +357,9 @@ def output_weight(params: Params, cfg: ModelConfig) -> jax.Array:
 
 def unembed(params: Params, x_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
     """Final norm and output layer: the residual stream [B, T, D] -> logits [B, T, V]."""
-    x_BTD = norm(params["final_norm"], x_BTD, cfg)
-    w = output_weight(params, cfg).astype(x_BTD.dtype)
-    return jnp.einsum("BTD,VD->BTV" if cfg.tied_embeddings else "BTD,DV->BTV", x_BTD, w)
+    x_BTD, w = operands(cfg, norm(params["final_norm"], x_BTD, cfg), output_weight(params, cfg))
+    spec = "BTD,VD->BTV" if cfg.tied_embeddings else "BTD,DV->BTV"
+    return jnp.einsum(spec, x_BTD, w, preferred_element_type=F32)
 
 
 _REMAT: dict[str, Callable | None] = {
@@ -369,8 +379,7 @@ def hidden(params: Params, tokens_BT: jax.Array, cfg: ModelConfig, pos_BT=None) 
     x_BTD = embed(params, tokens_BT, pos_BT, cfg)
     if pos_BT is None:
         pos_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
-    dtype = x_BTD.dtype
-    layers = jax.tree.map(lambda a: a.astype(dtype) if a.dtype != dtype else a, params["layers"])
+    layers = params["layers"]
 
     def body(x_BTD, p):
         return block(p, x_BTD, pos_BT, cfg)[0], None
@@ -387,7 +396,7 @@ def hidden(params: Params, tokens_BT: jax.Array, cfg: ModelConfig, pos_BT=None) 
 
 def apply(params: Params, tokens_BT: jax.Array, cfg: ModelConfig, pos_BT=None) -> jax.Array:
     """Next-token logits for every position: [B, T] int tokens -> [B, T, V] float32."""
-    return unembed(params, hidden(params, tokens_BT, cfg, pos_BT), cfg).astype(jnp.float32)
+    return unembed(params, hidden(params, tokens_BT, cfg, pos_BT), cfg)
 
 
 def layer_params(params: Params, i: int) -> Params:

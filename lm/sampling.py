@@ -218,15 +218,16 @@ def _draw(key, t, logits_BV, sp: _Sampling, top_k, greedy):
     )
 
 
-def _compute_params(params: Params, cfg: ModelConfig) -> Params:
-    """Cast once, outside the decode loop, what `model.apply` casts on every call."""
-    dtype = jnp.dtype(cfg.compute_dtype)
-    cast = lambda a: a.astype(dtype) if a.dtype != dtype else a
+def operand_params(params: Params, cfg: ModelConfig) -> Params:
+    """The matmul weights cast once, outside the decode loop, to the operand dtype that
+    `model.matmul` casts them to on every call (the rest stays as it is)."""
     out = dict(params)
-    out["layers"] = jax.tree.map(cast, params["layers"])
-    for name in ("embed", "pos_embed", "unembed"):  # embed/unembed cast these per call
-        if name in params:
-            out[name] = cast(params[name])
+    out["layers"] = {
+        k: model.operands(cfg, a)[0] if k.startswith("w") else a
+        for k, a in params["layers"].items()
+    }
+    if "unembed" in params:
+        out["unembed"] = model.operands(cfg, params["unembed"])[0]
     return out
 
 
@@ -265,9 +266,7 @@ def _decode_attention(p, x_BD, pos_B, k_BSKH, v_BSKH, cfg: ModelConfig):
     q_B1NH, k_B1KH, v_B1KH = model.qkv(p, x_BD[:, None], pos_B1, cfg)
     # Round the new key/value through the cache dtype so they match what later steps read.
     k_B1KH, v_B1KH = k_B1KH.astype(k_BSKH.dtype), v_B1KH.astype(v_BSKH.dtype)
-    dtype = x_BD.dtype
-    keys_BSKH = (k_BSKH.astype(dtype), k_B1KH.astype(dtype))
-    values_BSKH = (v_BSKH.astype(dtype), v_B1KH.astype(dtype))
+    keys_BSKH, values_BSKH = (k_BSKH, k_B1KH), (v_BSKH, v_B1KH)
     mask_B1S = (jnp.arange(S + 1)[None, :] < pos_B1) | (jnp.arange(S + 1) == S)[None, :]
     o_B1NH, _ = model.attend_heads(
         q_B1NH, keys_BSKH, values_BSKH, mask_B1S[:, None], cfg, cached=True
@@ -327,7 +326,7 @@ def _prefill(
     params, tokens_BP, lens_B, key, sp, eos_id, pad_id, *, cfg, cache_len, max_new, top_k, greedy
 ) -> DecodeState:
     """Fill a fresh cache with the right-padded prompts and draw each one's first new token."""
-    params = _compute_params(params, cfg)
+    params = operand_params(params, cfg)
     B = tokens_BP.shape[0]
     last_BV, cache = prefill_last(params, cfg, tokens_BP, lens_B, cache_len)
     tok_B = _draw(key, 0, last_BV, sp, top_k, greedy)
@@ -344,7 +343,7 @@ def _decode(
     eos_id < 0 means no EOS. `state` is donated so the cache is updated in place across
     chunks; within the loop XLA updates the carried cache in place too.
     """
-    params = _compute_params(params, cfg)
+    params = operand_params(params, cfg)
     t_stop = jnp.minimum(t_stop, state.out_BR.shape[1])
 
     def cond(s: DecodeState):

@@ -1,9 +1,11 @@
 """The hand-written backward passes (lm.kernels.cpu) against autodiff, and the seam that picks.
 
-Each kernel is checked two independent ways: `jax.test_util.check_grads` (its VJP against
-finite differences, in float64) and its VJP against autodiff of the plain formula in
-lm.model (float32, random cotangents). Then whole train-step gradients with
-model.grad_impl=custom against grad_impl=autodiff, across the architectures and options.
+Each kernel is checked in both precisions. float32: `jax.test_util.check_grads` (its VJP
+against finite differences, in float64) and its VJP against autodiff of the plain formula in
+lm.model (random cotangents). bfloat16 operands: its VJP against autodiff of the plain formula
+in float64 at the same (bf16-valued) inputs, within bf16's rounding. Then whole train-step
+gradients with model.grad_impl=custom against grad_impl=autodiff, across the architectures
+and options, and in bf16 against float32.
 """
 
 import dataclasses
@@ -49,6 +51,30 @@ def test_elementwise_and_dense_kernels(name):
         check_grads(lambda *a: fast(*a, *extra), args, order=1, modes=["rev"])
     args = [_rand(i, *s) for i, s in enumerate(shapes)]
     _same_vjp(lambda *a: plain(*a, *extra), lambda *a: fast(*a, *extra), args)
+    if name.startswith("dense"):  # gelu and normalize only ever see float32
+        _bf16_vjp_close(lambda *a: plain(*a, *extra), lambda *a: fast(*a, *extra), args)
+
+
+def _bf16_vjp_close(plain, fast, args, tol=2e-2):
+    """fast on bf16 operands against plain in float64 at the same values: outputs and input
+    gradients within `tol` of each array's largest entry (bf16 keeps 8 bits: ~0.4% a value)."""
+    args16 = [a.astype(jnp.bfloat16) for a in args]
+    y16, vjp16 = jax.vjp(fast, *args16)
+    ct = jax.tree.map(lambda y: _rand(99, *y.shape), y16)
+    g16 = vjp16(ct)
+    with jax.enable_x64(True):
+        a64 = [jnp.asarray(np.asarray(a, np.float64)) for a in args16]
+        y64, vjp64 = jax.vjp(plain, *a64)
+        # (the plain formulas accumulate in float32 even from float64 inputs: precise
+        # enough to hold bf16 to a 2% tolerance)
+        g64 = vjp64(jax.tree.map(lambda c, y: jnp.asarray(np.asarray(c), y.dtype), ct, y64))
+        for got, want in zip(jax.tree.leaves((y16, g16)), jax.tree.leaves((y64, g64)), strict=True):
+            assert got.dtype in (jnp.float32, jnp.bfloat16)
+            want = np.asarray(want)
+            err = np.abs(np.asarray(got, np.float64) - want).max()
+            assert err <= tol * np.abs(want).max(), (err, np.abs(want).max())
+    for g, a in zip(g16, args16, strict=True):
+        assert g.dtype == a.dtype  # a gradient comes back in its input's dtype
 
 
 def _same_vjp(plain, fast, args, rtol=2e-5):
@@ -94,6 +120,7 @@ def test_attend(K, G, use_weights):
         check_grads(f(cpu.attend), args, order=1, modes=["rev"])
     args = [_rand(i, *s) for i, s in enumerate(shapes)]
     _same_vjp(f(model.attend), f(cpu.attend), args)
+    _bf16_vjp_close(f(model.attend), f(cpu.attend), args)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -109,6 +136,7 @@ def test_output_xent(tied):
         args = [_rand(0, M, D, dtype=jnp.float64), _rand(1, *w_shape, dtype=jnp.float64)]
         check_grads(f(cpu.output_xent), args, order=1, modes=["rev"])
     _same_vjp(f(model.output_xent), f(cpu.output_xent), [_rand(0, M, D), _rand(1, *w_shape)])
+    _bf16_vjp_close(f(model.output_xent), f(cpu.output_xent), [_rand(0, M, D), _rand(1, *w_shape)])
 
 
 def test_check_grads_catches_a_wrong_backward():
@@ -123,6 +151,17 @@ def test_check_grads_catches_a_wrong_backward():
         check_grads(bad_gelu, [_rand(0, 3, 8, dtype=jnp.float64)], order=1, modes=["rev"])
     with pytest.raises(AssertionError):
         _same_vjp(model.gelu, bad_gelu, [_rand(0, 3, 8)])
+
+    @jax.custom_vjp
+    def bad_dense(x, w):
+        return cpu.dense(x, w)
+
+    bad_dense.defvjp(
+        lambda x, w: jax.vjp(cpu.dense, x, w),
+        lambda vjp, g: tuple((1.05 * d).astype(d.dtype) for d in vjp(g)),
+    )
+    with pytest.raises(AssertionError):
+        _bf16_vjp_close(model.dense, bad_dense, [_rand(0, 4, 16), _rand(1, 16, 8)])
 
 
 # ---------------------------------------------------------------- the seam
@@ -169,6 +208,28 @@ def test_train_step_gradients_custom_vs_autodiff(arch):
         np.testing.assert_allclose(c, a, rtol=1e-4, atol=atol, err_msg=str(path))
 
 
+def _flat(grads) -> np.ndarray:
+    return np.concatenate([np.asarray(g, np.float64).ravel() for g in jax.tree.leaves(grads)])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama_mqa_tied"])
+def test_bf16_train_step_gradients(arch):
+    """bf16 operands with float32 accumulation: the loss within 1% of float32's, the whole
+    gradient within 3% (relative L2) of float32's, custom and autodiff within 2% of each
+    other; params and their gradients stay float32."""
+    bf16 = dataclasses.replace(ARCHS[arch], compute_dtype="bfloat16")
+    loss32, g32 = _grads(ARCHS[arch], "custom")
+    loss_c, g_c = _grads(bf16, "custom")
+    loss_a, g_a = _grads(bf16, "autodiff")
+    assert {g.dtype for g in jax.tree.leaves((g_c, g_a))} == {jnp.dtype(jnp.float32)}
+    for loss in (loss_c, loss_a):
+        assert abs(float(loss) / float(loss32) - 1) < 0.01
+    ref = np.linalg.norm(_flat(g32))
+    assert np.linalg.norm(_flat(g_c) - _flat(g32)) < 0.03 * ref
+    assert np.linalg.norm(_flat(g_a) - _flat(g32)) < 0.03 * ref
+    assert np.linalg.norm(_flat(g_c) - _flat(g_a)) < 0.02 * ref
+
+
 def _uses_custom(cfg: ModelConfig) -> bool:
     params = jax.eval_shape(lambda: model.init(cfg, jax.random.key(0)))
     batch = jax.ShapeDtypeStruct((2, 9), jnp.int32)
@@ -178,10 +239,11 @@ def _uses_custom(cfg: ModelConfig) -> bool:
 
 def test_grad_impl_chooses_the_kernels():
     assert model.grad_impl(GPT2) == "custom" and _uses_custom(GPT2)
+    bf16 = dataclasses.replace(GPT2, compute_dtype="bfloat16")
+    assert model.grad_impl(bf16) == "custom" and _uses_custom(bf16)
     for cfg in (
         dataclasses.replace(GPT2, grad_impl="autodiff"),
         dataclasses.replace(GPT2, remat="dots"),
-        dataclasses.replace(GPT2, compute_dtype="bfloat16"),
     ):
         assert model.grad_impl(cfg) == "autodiff" and not _uses_custom(cfg), cfg
     forced = dataclasses.replace(GPT2, remat="full", grad_impl="custom")

@@ -11,8 +11,12 @@ what the gradient needs (each saved array is a zero-filled, written and re-read 
 buffer under the layer scan). On the 2-core CPU the train step is 1.3-1.5x the autodiff one
 (`python benchmarks/bench_train.py --compare-autodiff`).
 
-Shape letters as in `lm.model`; M is a flattened batch of rows (B*T), and `dense` names its
-contracted axis I and its output axis O (for "in" and "out").
+Precision, as in `lm.model`: operands come as given (float32 or bfloat16), every matmul
+accumulates in float32 (`preferred_element_type`), and so do softmax and the loss. The
+backward passes follow the same rule: an incoming float32 cotangent is cast to the operand
+dtype before it enters a matmul, and each gradient is returned in its input's dtype.
+
+Shape letters as in `lm.model`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
+
+F32 = jnp.float32
+
+
+def _mm(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """einsum with float32 accumulation and result; b's dtype is the operand dtype."""
+    return jnp.einsum(spec, a.astype(b.dtype), b, preferred_element_type=F32)
+
 
 # ---------------------------------------------------------------- dense
 
@@ -38,22 +50,23 @@ def transposed_weight_grad(dw_OI: jax.Array) -> jax.Array:
 def _dense2(x_MI: jax.Array, w_IO: jax.Array) -> jax.Array:
     """x @ w. Autodiff's weight gradient of a [B, T, I] x [I, O] einsum contracts two batch axes
     and makes XLA:CPU copy a transposed operand first (~1.5x slower); here it is one 2-D GEMM."""
-    return x_MI @ w_IO
+    return _mm("MI,IO->MO", x_MI, w_IO)
 
 
 def _dense2_fwd(x_MI, w_IO):
-    return x_MI @ w_IO, (x_MI, w_IO)
+    return _mm("MI,IO->MO", x_MI, w_IO), (x_MI, w_IO)
 
 
 def _dense2_bwd(res, g_MO):
     x_MI, w_IO = res
     I, O = w_IO.shape
-    dx_MI = jnp.einsum("MO,IO->MI", g_MO, w_IO)
+    g_MO = g_MO.astype(w_IO.dtype)
+    dx_MI = _mm("MO,IO->MI", g_MO, w_IO)
     if O >= I:
-        dw_IO = jnp.einsum("MI,MO->IO", x_MI, g_MO)
+        dw_IO = _mm("MI,MO->IO", x_MI, g_MO)
     else:
-        dw_IO = transposed_weight_grad(jnp.einsum("MO,MI->OI", g_MO, x_MI))
-    return dx_MI, dw_IO
+        dw_IO = transposed_weight_grad(_mm("MO,MI->OI", g_MO, x_MI))
+    return dx_MI.astype(x_MI.dtype), dw_IO.astype(w_IO.dtype)
 
 
 _dense2.defvjp(_dense2_fwd, _dense2_bwd)
@@ -154,10 +167,10 @@ def _attend_fwd(q_BTKGH, k_BSKH, v_BSKH, mask_BTS):
     q_BKGTH = q_BTKGH.transpose(0, 2, 3, 1, 4)
     k_BKSH = k_BSKH.transpose(0, 2, 1, 3)
     v_BKSH = v_BSKH.transpose(0, 2, 1, 3)
-    s_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH)
+    s_BKGTS = _mm("BKGTH,BKSH->BKGTS", q_BKGTH, k_BKSH)
     s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, -1e30)
     w_BKGTS = jax.nn.softmax(s_BKGTS, axis=-1)
-    o_BTKGH = jnp.einsum("BKGTS,BKSH->BKGTH", w_BKGTS, v_BKSH).transpose(0, 3, 1, 2, 4)
+    o_BTKGH = _mm("BKGTS,BKSH->BKGTH", w_BKGTS, v_BKSH).transpose(0, 3, 1, 2, 4)
     qT_BKHGT = q_BTKGH.transpose(0, 2, 4, 3, 1)
     return (o_BTKGH, w_BKGTS), (qT_BKHGT, k_BKSH, v_BKSH, w_BKGTS, o_BTKGH, mask_BTS)
 
@@ -168,9 +181,9 @@ def _attend_bwd(res, cts):
     # softmax backward: dS = W * (dW_total - rowsum(dW_total * W)), dW_total = dO V^T + dW;
     # rowsum(dO V^T * W) = rowsum(dO * O) is a reduction over H rather than S, done as a
     # matrix-vector product (XLA:CPU's reduction over a short last axis is several times slower).
-    dwo_BKGTS = jnp.einsum("BKGTH,BKSH->BKGTS", do_BTKGH.transpose(0, 2, 3, 1, 4), v_BKSH)
+    dwo_BKGTS = _mm("BKGTH,BKSH->BKGTS", do_BTKGH.transpose(0, 2, 3, 1, 4), v_BKSH)
     H = o_BTKGH.shape[-1]
-    delta_M = (do_BTKGH * o_BTKGH).reshape(-1, H) @ jnp.ones((H,), o_BTKGH.dtype)
+    delta_M = (do_BTKGH * o_BTKGH).reshape(-1, H) @ jnp.ones((H,), F32)
     delta_BKGT = delta_M.reshape(o_BTKGH.shape[:-1]).transpose(0, 2, 3, 1)
     if not isinstance(dw_BKGTS, SymbolicZero):  # the weights are used, e.g. by lm.inspect
         dwo_BKGTS = dwo_BKGTS + dw_BKGTS
@@ -179,14 +192,15 @@ def _attend_bwd(res, cts):
     # no visible key, whose weights are uniform rather than zero.
     ds_BKGTS = w_BKGTS * (dwo_BKGTS - delta_BKGT[..., None])
     ds_BKGTS = jnp.where(mask_BTS[:, None, None], ds_BKGTS, 0.0)
-    dq_BKGTH = jnp.einsum("BKGTS,BKSH->BKGTH", ds_BKGTS, k_BKSH)
-    dkT_BKHS = jnp.einsum("BKHGT,BKGTS->BKHS", qT_BKHGT, ds_BKGTS)
+    ds_BKGTS = ds_BKGTS.astype(k_BKSH.dtype)
+    dq_BKGTH = _mm("BKGTS,BKSH->BKGTH", ds_BKGTS, k_BKSH)
+    dkT_BKHS = _mm("BKHGT,BKGTS->BKHS", qT_BKHGT, ds_BKGTS)
     doT_BKHGT = do_BTKGH.transpose(0, 2, 4, 3, 1)
-    dvT_BKHS = jnp.einsum("BKHGT,BKGTS->BKHS", doT_BKHGT, w_BKGTS)
+    dvT_BKHS = _mm("BKHGT,BKGTS->BKHS", doT_BKHGT, w_BKGTS.astype(v_BKSH.dtype))
     return (
-        dq_BKGTH.transpose(0, 3, 1, 2, 4),
-        dkT_BKHS.transpose(0, 3, 1, 2),
-        dvT_BKHS.transpose(0, 3, 1, 2),
+        dq_BKGTH.transpose(0, 3, 1, 2, 4).astype(qT_BKHGT.dtype),
+        dkT_BKHS.transpose(0, 3, 1, 2).astype(k_BKSH.dtype),
+        dvT_BKHS.transpose(0, 3, 1, 2).astype(v_BKSH.dtype),
         None,
     )
 
@@ -230,7 +244,7 @@ def output_xent(x_MD: jax.Array, w: jax.Array, targets_M: jax.Array, tied: bool)
 
 
 def _output_xent_fwd(x_MD, w, targets_M, tied):
-    logits_MV = jnp.einsum("MD,VD->MV" if tied else "MD,DV->MV", x_MD, w)
+    logits_MV = _mm("MD,VD->MV" if tied else "MD,DV->MV", x_MD, w)
     logz_M = jax.nn.logsumexp(logits_MV, axis=-1)
     picked_M = jnp.take_along_axis(logits_MV, targets_M[:, None], axis=-1)[:, 0]
     return logz_M - picked_M, (x_MD, w, targets_M, logits_MV, logz_M)
@@ -240,9 +254,11 @@ def _output_xent_bwd(tied, res, g_M):
     x_MD, w, targets_M, logits_MV, logz_M = res
     onehot_MV = jnp.arange(logits_MV.shape[-1]) == targets_M[:, None]
     dlogits_MV = (jnp.exp(logits_MV - logz_M[:, None]) - onehot_MV) * g_M[:, None]
-    dx_MD = jnp.einsum("MV,VD->MD" if tied else "MV,DV->MD", dlogits_MV, w)
-    dw_DV = jnp.einsum("MD,MV->DV", x_MD, dlogits_MV)
-    return dx_MD, (transposed_weight_grad(dw_DV) if tied else dw_DV), None
+    dlogits_MV = dlogits_MV.astype(w.dtype)
+    dx_MD = _mm("MV,VD->MD" if tied else "MV,DV->MD", dlogits_MV, w)
+    dw_DV = _mm("MD,MV->DV", x_MD, dlogits_MV)
+    dw = transposed_weight_grad(dw_DV) if tied else dw_DV
+    return dx_MD.astype(x_MD.dtype), dw.astype(w.dtype), None
 
 
 output_xent.defvjp(_output_xent_fwd, _output_xent_bwd)
