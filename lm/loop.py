@@ -876,10 +876,13 @@ def peak_of(cfg: Config) -> tuple[float, str]:
     """The peak FLOP/s MFU is measured against, and where it comes from."""
     if cfg.train.peak_flops:
         return cfg.train.peak_flops, "train.peak_flops"
-    from lm.peak import peak_flops
+    from lm.peak import peak_flops, precision_of
 
     cache = Path(cfg.data.cache_dir).expanduser() / "peak_flops.json"
-    return peak_flops(cfg.data.cache_dir), f"measured once, cached in {cache}"
+    precision = precision_of(cfg.model.compute_dtype)  # bf16 runs: the bf16-operand peak
+    return peak_flops(cfg.data.cache_dir, precision=precision), (
+        f"{precision} matmul peak, measured once, cached in {cache}"
+    )
 
 
 def run_banner(
