@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lm.synthetic import (
+from lm import synthetic
+from lm.synthetic import (  # noqa: F401 (re-exported)
     BLOCK,
     PREFIX,
     TASKS,
@@ -112,26 +113,4 @@ def evaluate(params, cfg, x: np.ndarray, batch: int = 256, keep_failures: int = 
     )
 
 
-__all__ = [
-    "BLOCK",
-    "PREFIX",
-    "TASKS",
-    "Evaluation",
-    "SymbolTokenizer",
-    "add_example",
-    "add_examples",
-    "answer",
-    "check",
-    "distinct_sort_inputs",
-    "evaluate",
-    "example_width",
-    "examples",
-    "inputs",
-    "is_heldout",
-    "prompt",
-    "prompt_length",
-    "sort_examples",
-    "task_name",
-    "token_data",
-    "tokenizer_for",
-]
+__all__ = [*synthetic.__all__, "Evaluation", "evaluate"]  # the tasks and their evaluation
