@@ -13,6 +13,7 @@ from pathlib import Path
 # other lm module, so those modules need not import this one (which imports them).
 from lm.cliutil import (  # noqa: F401
     UsageError,
+    add_distributed_options,
     add_set_option,
     check_out_dir,
     init_distributed,
@@ -267,14 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run written by lm import-hf, to fine-tune); without --config, RUN's config + --set",
     )
     t.add_argument("--temperature", type=float, default=0.8, help="for the final sample")
-    t.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: jax.distributed.initialize() with autodetection (TPU pods, SLURM)",
-    )
-    t.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT (or LM_COORDINATOR)")
-    t.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    t.add_argument("--process-id", type=int, help="multi-host: this process's id, 0-based")
+    add_distributed_options(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser(

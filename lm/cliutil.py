@@ -63,6 +63,18 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> None:
         raise UsageError(f"{flag} {path}: {q} is not writable")
 
 
+def add_distributed_options(p: argparse.ArgumentParser) -> None:
+    """The multi-host flags that `init_distributed` reads."""
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: jax.distributed.initialize() with autodetection (TPU pods, SLURM)",
+    )
+    p.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT (or LM_COORDINATOR)")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's id, 0-based")
+
+
 def init_distributed(args) -> None:
     """Join a multi-process run before JAX touches a device.
 

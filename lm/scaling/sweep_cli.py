@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from lm import runlock
-from lm.cliutil import UsageError, add_set_option, init_distributed
+from lm.cliutil import UsageError, add_distributed_options, add_set_option, init_distributed
 from lm.scaling import workers as workers_lib
 from lm.scaling.sweep import load_sweep, print_plan, run_sweep, time_breakdown
 
@@ -120,14 +120,7 @@ def add_sweep_parser(sub) -> None:
         help="many hosts: how many share the sweep (default: LM_NUM_WORKERS or "
         "SLURM_ARRAY_TASK_COUNT); the last to finish writes the report",
     )
-    r.add_argument(
-        "--distributed",
-        action="store_true",
-        help="multi-host: jax.distributed.initialize() with autodetection",
-    )
-    r.add_argument("--coordinator", help="multi-host: coordinator HOST:PORT")
-    r.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    r.add_argument("--process-id", type=int, help="multi-host: this process's id")
+    add_distributed_options(r)
     r.set_defaults(func=cmd_run)
     p = ssub.add_parser(
         "plan",
