@@ -96,11 +96,13 @@ class ModelConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     param_dtype: Literal["float32", "bfloat16"] = "float32"
-    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    # matmul operands (accumulation is float32 either way); "auto": bfloat16 where the hardware
+    # multiplies it natively (TPU, GPU, AVX512-BF16/AMX CPUs), float32 elsewhere (lm/precision.py)
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     remat: Literal["none", "full", "dots"] = "none"  # activation rematerialisation per layer
     scan_layers: bool = True  # scan keeps compile time flat in depth
     # Backward passes: "custom" uses lm.kernels.cpu (hand-written, faster on XLA:CPU),
-    # "autodiff" JAX's own; "auto" picks custom for float32 compute without remat.
+    # "autodiff" JAX's own; "auto" picks custom on the CPU backend without remat.
     grad_impl: Literal["auto", "custom", "autodiff"] = "auto"
 
     @property

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import model, sampling
+from lm import model, precision, sampling
 from lm.config import ModelConfig
 
 MAX_TOP_LOGPROBS = 20  # the most alternatives a request may ask for (OpenAI's limit)
@@ -74,7 +74,7 @@ class Drawn(NamedTuple):
 
 
 def init_slots(cfg: ModelConfig, batch: int) -> Slots:
-    dtype = jnp.dtype(cfg.compute_dtype)
+    dtype = jnp.dtype(precision.compute_dtype(cfg))
     shape = (cfg.n_layers, batch, cfg.max_seq_len, cfg.kv_heads, cfg.head_dim)
     zeros = lambda d: jnp.zeros((batch,), d)
     return Slots(

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from lm import checkpoint, data, flops, runlock, sharding, train
+from lm import checkpoint, data, flops, precision, runlock, sharding, train
 from lm import config as config_lib
 from lm.config import Config, ConfigError, TrainConfig
 from lm.tokenizer import (
@@ -88,6 +88,18 @@ def check_run_dir(cfg: Config, run_dir: Path) -> bool:
                 "use a new --out directory (or the same config) to resume"
             )
     return True
+
+
+def saved_compute_dtype(run_dir: Path) -> str | None:
+    """The model.compute_dtype a run directory's config.yaml records (None without one): a
+    resumed run keeps it whatever "auto" would pick on this machine."""
+    path = run_dir / checkpoint.CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return config_lib.read_yaml(path).get("model", {}).get("compute_dtype")
+    except (ValueError, AttributeError):
+        return None  # check_run_dir names what is wrong with it
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
@@ -394,6 +406,9 @@ def train_run(
     t_begin = time.perf_counter()
     run_dir = Path(run_dir)
     is_main = jax.process_index() == 0
+    cfg, precision_line = precision.resolve(cfg, kept=saved_compute_dtype(run_dir))
+    if is_main:
+        print_fn(precision_line)
     # Every check of the inputs comes before anything is written to run_dir: a mistake leaves
     # no half-made run directory behind to refuse the corrected command.
     check_run_dir(cfg, run_dir)
@@ -879,9 +894,9 @@ def peak_of(cfg: Config) -> tuple[float, str]:
     from lm.peak import peak_flops, precision_of
 
     cache = Path(cfg.data.cache_dir).expanduser() / "peak_flops.json"
-    precision = precision_of(cfg.model.compute_dtype)  # bf16 runs: the bf16-operand peak
-    return peak_flops(cfg.data.cache_dir, precision=precision), (
-        f"{precision} matmul peak, measured once, cached in {cache}"
+    prec = precision_of(precision.compute_dtype(cfg.model))  # bf16: the bf16-operand peak
+    return peak_flops(cfg.data.cache_dir, precision=prec), (
+        f"{prec} matmul peak, measured once, cached in {cache}"
     )
 
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import precision
 from lm import rope as rope_lib
 from lm.config import ModelConfig
 
@@ -142,7 +143,8 @@ def _stable_hash(s: str) -> int:
 # that XLA:CPU runs 1.3-1.5x faster; `kernels(cfg)` is the one place that chooses.
 #
 # Precision: every matmul takes its operands as given (float32, or bfloat16 under
-# model.compute_dtype=bfloat16, cast by `operands`) and accumulates and returns float32.
+# model.compute_dtype=bfloat16 or "auto" on bf16 hardware, cast by `operands`) and
+# accumulates and returns float32.
 # Everything else (the residual stream, norms, softmax, the loss) is float32, and so are the
 # params and the optimizer state unless model.param_dtype says otherwise.
 F32 = jnp.float32
@@ -231,9 +233,10 @@ def _keep(rec: dict | None, **arrays) -> None:
 
 
 def operands(cfg: ModelConfig, *xs):
-    """Arrays (or tuples of them) cast to the matmul operand dtype, model.compute_dtype: the
-    one place that says."""
-    return [jax.tree.map(lambda a: a.astype(cfg.compute_dtype), x) for x in xs]
+    """Arrays (or tuples of them) cast to the matmul operand dtype, model.compute_dtype ("auto"
+    resolved by lm.precision): the one place that says."""
+    dtype = precision.compute_dtype(cfg)
+    return [jax.tree.map(lambda a: a.astype(dtype), x) for x in xs]
 
 
 def matmul(x: jax.Array, w: jax.Array, cfg: ModelConfig, n: int = 1) -> jax.Array:

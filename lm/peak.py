@@ -67,7 +67,7 @@ def default_precision() -> str:
 
 
 def precision_of(compute_dtype: str) -> str:
-    """The peak precision a model with this `model.compute_dtype` multiplies in."""
+    """The peak precision a model with this (resolved) `model.compute_dtype` multiplies in."""
     return {"float32": "float32", "bfloat16": "bf16_f32acc"}[compute_dtype]
 
 

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import model
+from lm import model, precision
 from lm.config import ModelConfig
 
 Params = dict[str, Any]
@@ -311,7 +311,7 @@ def prefill_last(params, cfg, tokens_BP, lens_B, cache_len: int):
     """A fresh cache of `cache_len` slots filled with the right-padded prompts, and the logits
     at each prompt's last token: ([B, V], cache). `params` already in compute precision."""
     B, P = tokens_BP.shape
-    dtype = jnp.dtype(cfg.compute_dtype)
+    dtype = jnp.dtype(precision.compute_dtype(cfg))
     shape = (cfg.n_layers, B, cache_len, cfg.kv_heads, cfg.head_dim)
     cache = model.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     pos_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lm import config as config_lib
-from lm import flops, runlock
+from lm import flops, precision, runlock
 from lm.config import Config, ConfigError
 from lm.scaling import workers as workers_lib
 
@@ -751,6 +751,8 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
     if main:
         for line in design_lines(sweep, members):
             print_fn(line)
+        # Every member resolves "auto" alike on one machine (and keeps its choice on resume).
+        print_fn(precision.resolve(config_lib.from_dict(sweep.base))[1])
     if share.count > 1:
         print_fn(
             f"worker {share.index} of {share.count} ({share.source}): "
