@@ -68,16 +68,17 @@ def test_targets_pass_and_fail_on_the_figures(bench):
     assert got["a: auto's pick (lm fp32) / lm bf16"] is False
 
 
+def auto_pick(bench, speeds, auto):
+    verdicts = bench.acceptance(rows(bench, speeds), PEAKS, False, auto)
+    return [v for v in verdicts if "auto's pick" in v.label]
+
+
 def test_auto_pick_tolerates_a_tie_but_not_a_loss(bench):
     tie = {("a", "lm fp32"): 1000.0, ("a", "lm bf16"): 1020.0}  # fp32 2% slower: a tie
-    (v,) = [
-        x for x in bench.acceptance(rows(bench, tie), PEAKS, False, "float32") if "auto's pick" in x.label
-    ]
+    (v,) = auto_pick(bench, tie, "float32")
     assert v.passed is True
     loss = {("a", "lm fp32"): 1000.0, ("a", "lm bf16"): 1100.0}
-    (v,) = [
-        x for x in bench.acceptance(rows(bench, loss), PEAKS, False, "float32") if "auto's pick" in x.label
-    ]
+    (v,) = auto_pick(bench, loss, "float32")
     assert v.passed is False and v.line().endswith("FAIL")
 
 
