@@ -22,8 +22,8 @@ What it prints, in order:
     torch fp32         the same GPT in PyTorch eager (`TorchStep`), AdamW + clipping, S steps
                        per call, torch threads = the cores this process may use;
     torch bf16 autocast  the same under `torch.autocast("cpu", dtype=bfloat16)`, its best
-                       configuration where bfloat16 is native (run when bfloat16 is among
-                       --precisions).
+                       configuration where bfloat16 is native (run there when bfloat16 is
+                       among --precisions; elsewhere it is far slower than fp32).
     All steps of a size are interleaved call by call, so they see the same load. Columns:
     tokens/s median over --calls timed calls (best in brackets); MFU = median tokens/s x the
     FLOPs the step multiplies (`flops_per_token(cfg, T)["hardware"]`) / the peak of the
@@ -468,6 +468,10 @@ def main() -> None:
 
         torch.set_num_threads(n_cores())
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        if not native_bf16:
+            # Not the peer's best configuration here, and slow beyond use: on a 2-core AVX2
+            # EPYC it had not finished size b's 6 timed calls after 30 minutes (2026-12-07).
+            print("torch bf16 autocast: not run (no native bfloat16 on this CPU)")
     elif not args.skip_torch:
         print("torch not installed: no torch rows")
     before = measure_peaks()
@@ -492,7 +496,7 @@ def main() -> None:
                     )
             if use_torch:
                 variants["torch fp32"] = TorchStep(base, bf16=False)
-                if "bfloat16" in args.precisions:
+                if "bfloat16" in args.precisions and native_bf16:
                     variants["torch bf16 autocast"] = TorchStep(base, bf16=True)
             calls = args.calls * (4 if size == "a" else 1)
             for _ in range(calls):
@@ -523,7 +527,7 @@ def main() -> None:
             t12 = compile_time(make_config(size, args.steps_per_call, n_layers=12))
             d = SIZES[size]["d_model"]
             print(f"  {d}-wide: 2 layers {t2:.1f}s, 12 layers {t12:.1f}s: ratio {t12 / t2:.2f}")
-    auto = precision.auto()
+    auto = precision.rule()  # the rule itself, whatever LM_AUTO_COMPUTE_DTYPE says
     print_acceptance(acceptance(rows, peaks, native_bf16, auto.dtype), f"{auto.dtype} ({auto.why})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 

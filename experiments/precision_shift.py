@@ -8,9 +8,10 @@
 Rows are matched by name (the LR sweep's names carry the rate; a main member's rate comes from
 each sweep's own fitted LR rule, so it may differ a little and is shown). The noise yardstick
 is the first sweep's seed spread: the standard deviation of the final losses of one member
-trained at `seeds` seeds (fit.json's `seed_spread`). The check: the root-mean-square shift over
-the main members is below it (PASS), else FAIL; and each approach's exponent a moves by less
-than the half-width of the first sweep's 95% interval.
+trained at `seeds` seeds (fit.json's `seed_spread`). The checks (PASS or FAIL): each sweep's
+runs computed in one dtype, a different one in each (their config.yaml, as run); the
+root-mean-square shift over the main members is below the seed spread; and each approach's
+exponent a moves by less than the half-width of the first sweep's 95% interval.
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ from pathlib import Path
 def read_rows(sweep_dir: Path) -> dict[str, dict]:
     with open(sweep_dir / "results.csv", newline="") as f:
         return {r["name"]: r for r in csv.DictReader(f)}
+
+
+def dtypes(sweep_dir: Path) -> dict[str, int]:
+    """How many of the sweep's runs computed in each dtype (their config.yaml's, as run)."""
+    from lm import config
+
+    out: dict[str, int] = {}
+    for path in sorted((sweep_dir / "runs").glob("*/config.yaml")):
+        dtype = config.read_yaml(path).get("model", {}).get("compute_dtype", "?")
+        out[dtype] = out.get(dtype, 0) + 1
+    return out
 
 
 def shifts(a: dict[str, dict], b: dict[str, dict]) -> dict[str, list[tuple[str, float, float]]]:
@@ -91,7 +103,14 @@ def report(dir_a: Path, dir_b: Path, label_a: str, label_b: str) -> tuple[list[s
         + " |",
         "|---|---|---|---|---|",
     ]
-    checks = []
+    ran = {label: dtypes(d) for label, d in ((label_a, dir_a), (label_b, dir_b))}
+    shown = "; ".join(
+        f"{label}: " + ", ".join(f"{n} in {k}" for k, n in sorted(c.items()))
+        for label, c in ran.items()
+    )
+    one = [next(iter(c)) if len(c) == 1 else None for c in ran.values()]
+    checks = [(f"each sweep ran in one dtype, not the same ({shown})", None not in one
+               and one[0] != one[1])]  # fmt: skip
     if main:
         rms = summarize(main)["rms"]
         checks.append((f"main members' rms shift {rms:.4f} < seed std {spread:.4f}", rms < spread))

@@ -93,7 +93,7 @@ def cmd_train(args) -> int:
         import jax
 
         if jax.process_count() == 1:  # on a pod, sample afterwards with `lm sample`
-            _print_sample(cfg, summary["state"]["params"], summary["tokenizer"], args)
+            _print_sample(summary["config"], summary["state"]["params"], summary["tokenizer"], args)
     return 0
 
 

@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 
-from lm import flops, sharding, train
+from lm import flops, precision, sharding, train
 from lm.config import Config
 
 
@@ -25,6 +25,8 @@ def _bytes_per_device(tree, shardings) -> float:
 
 
 def report(cfg: Config, print_fn=print) -> dict:
+    cfg, line = precision.resolve(cfg)  # the dtype a run started here would compile in
+    print_fn(line)
     mesh = sharding.make_mesh(cfg.mesh)
     opt = train.make_optimizer(cfg)
     abstract, shard = train.state_specs(cfg, opt, mesh)

@@ -80,6 +80,8 @@ def check_run_dir(cfg: Config, run_dir: Path) -> bool:
         return False
     saved = _flat(config_lib.to_dict(config_lib.load(saved_path)))
     now = _flat(config_lib.to_dict(cfg))
+    if saved.get("model.compute_dtype") == "auto":  # written by lm import-hf: a run takes any
+        saved["model.compute_dtype"] = now.get("model.compute_dtype")
     resumable = config_lib.resumable_keys()
     for k in sorted(set(saved) | set(now)):
         if k not in resumable and saved.get(k) != now.get(k):
@@ -399,14 +401,18 @@ def train_run(
     keeps across runs over the same corpus (a sweep's members) to hold the mapped tokens,
     validation windows and unigram entropy, which cost ~0.6 s a run to redo. `restart`: train
     from the start although the metrics show the run got further once (its checkpoints were
-    deleted); see `check_resumable`. Returns a summary of the last eval.
+    deleted); see `check_resumable`. Returns a summary of the last eval, with the final
+    state, the tokenizer and the config as run (model.compute_dtype resolved).
 
     Process 0 holds `run_dir` locked (lm.runlock) from its first write to the end, so a second
     process on the same directory is refused instead of writing every line twice."""
     t_begin = time.perf_counter()
     run_dir = Path(run_dir)
     is_main = jax.process_index() == 0
-    cfg, precision_line = precision.resolve(cfg, kept=saved_compute_dtype(run_dir))
+    kept, kept_from = saved_compute_dtype(run_dir), "the run's start (config.yaml)"
+    if kept not in precision.DTYPES and init_from is not None:  # a branch: its source's
+        kept, kept_from = saved_compute_dtype(Path(init_from[0])), f"{init_from[0]}"
+    cfg, precision_line = precision.resolve(cfg, kept, kept_from)
     if is_main:
         print_fn(precision_line)
     # Every check of the inputs comes before anything is written to run_dir: a mistake leaves
@@ -535,7 +541,7 @@ def _train(
     }
     if run.last_eval:
         warn(final_line(summary["step"], run.last_eval, uni))
-    return {**summary, "state": state, "tokenizer": tok}
+    return {**summary, "state": state, "tokenizer": tok, "config": cfg}
 
 
 def train_calls(

@@ -6,8 +6,9 @@ a step could reach. Two precisions (PRECISIONS):
   float32      float32 operands and result (`a @ b`)
   bf16_f32acc  bfloat16 operands, float32 accumulation and result (`lax.dot(...,
                preferred_element_type=float32)`), what a bfloat16-compute model multiplies
-The machine's default precision (`default_precision`: float32 on CPU, bf16_f32acc on
-accelerators) keeps the cache key it always had; the other one's key carries its name.
+The backend's default precision (`default_precision`: float32 on CPU, bf16_f32acc on
+accelerators) keeps the cache key it always had; the other one's key carries its name. A run
+asks for the precision its `model.compute_dtype` resolves to (lm.precision).
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def has_native_bf16() -> bool:
 
 
 def default_precision() -> str:
-    """The precision `peak_flops` measures when none is named: float32 on CPU (the default
-    compute dtype there), bf16_f32acc on accelerators."""
+    """The precision `peak_flops` measures when none is named (and whose cache key carries no
+    precision): float32 on CPU, bf16_f32acc on accelerators."""
     return "float32" if jax.devices()[0].platform == "cpu" else "bf16_f32acc"
 
 

@@ -4,7 +4,8 @@ Whatever the choice, accumulation, the residual stream, norms, softmax, the loss
 and the optimizer state are float32 (lm.model); only the matmul operands change. "auto" picks
 bfloat16 operands where bfloat16 matmuls run on hardware made for them, float32 elsewhere:
 
-  TPU, GPU                                          bfloat16 (MXU, tensor cores)
+  TPU; GPU of compute capability >= 8.0 (Ampere on)  bfloat16 (MXU, tensor cores)
+  older GPUs (V100, T4: no bfloat16 tensor cores)   float32
   CPU with AVX512-BF16 or AMX-BF16 (x86), BF16 (aarch64)  bfloat16
   any other CPU (AVX2, AVX-512 without BF16)        float32: XLA:CPU converts bfloat16 to
                                                     float32 around every dot, so it is slower
@@ -42,13 +43,24 @@ class Choice(NamedTuple):
     why: str
 
 
-def decide(platform: str, features: set[str], override: str | None = None) -> Choice:
+def decide(
+    platform: str,
+    features: set[str],
+    override: str | None = None,
+    gpu_capability: float | None = None,
+) -> Choice:
     """auto's rule, from the backend ("cpu", "gpu", "tpu"), the CPU's features
-    (`peak.cpu_features()`) and the LM_AUTO_COMPUTE_DTYPE override."""
+    (`peak.cpu_features()`), the GPU's compute capability and the LM_AUTO_COMPUTE_DTYPE
+    override."""
     if override:
         if override not in DTYPES:
             raise ValueError(f"{ENV}={override!r}: must be one of {', '.join(DTYPES)}")
         return Choice(override, f"{ENV}={override}")
+    if platform == "gpu" and gpu_capability is not None and gpu_capability < 8.0:
+        return Choice(
+            "float32",
+            f"this GPU (compute capability {gpu_capability}) has no bfloat16 tensor cores",
+        )
     if platform != "cpu":
         return Choice("bfloat16", f"{platform.upper()}s multiply bfloat16 natively")
     native = sorted(_NAMES[f] for f in features & peak.BF16_FEATURES)
@@ -61,10 +73,38 @@ def decide(platform: str, features: set[str], override: str | None = None) -> Ch
     )
 
 
+def _gpu_capability() -> float | None:
+    try:
+        return float(jax.devices()[0].compute_capability)
+    except (AttributeError, TypeError, ValueError):
+        return None  # not a GPU, or a backend that does not say
+
+
+def rule() -> Choice:
+    """The rule's pick for this machine, without the LM_AUTO_COMPUTE_DTYPE override."""
+    platform = jax.default_backend()
+    cap = _gpu_capability() if platform == "gpu" else None
+    return decide(platform, peak.cpu_features(), gpu_capability=cap)
+
+
 @functools.cache
 def auto() -> Choice:
-    """What "auto" means on this machine (decided once per process)."""
-    return decide(jax.default_backend(), peak.cpu_features(), os.environ.get(ENV) or None)
+    """What "auto" means in this process, decided once: the override, else the rule."""
+    override = os.environ.get(ENV) or None
+    return decide("cpu", set(), override) if override else rule()
+
+
+def _process_0s(choice: Choice) -> Choice:
+    """On several processes, process 0's choice, so every host compiles the same program
+    (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return choice
+    from jax.experimental import multihost_utils
+
+    first = DTYPES[int(multihost_utils.broadcast_one_to_all(DTYPES.index(choice.dtype)))]
+    return (
+        choice if first == choice.dtype else Choice(first, f"process 0's pick; here {choice.why}")
+    )
 
 
 def compute_dtype(cfg: ModelConfig) -> str:
@@ -72,26 +112,32 @@ def compute_dtype(cfg: ModelConfig) -> str:
     return auto().dtype if cfg.compute_dtype == "auto" else cfg.compute_dtype
 
 
-def resolve(cfg: Config, kept: str | None = None) -> tuple[Config, str]:
+def resolve(
+    cfg: Config, kept: str | None = None, kept_from: str = "the run's start (config.yaml)"
+) -> tuple[Config, str]:
     """cfg with model.compute_dtype made concrete, and the line a run prints to say what it
-    multiplies in and why. `kept`: the dtype the run directory already trains in (a resume),
-    which "auto" keeps rather than re-deciding on this machine."""
+    multiplies in and why. `kept`: the dtype the run already trains in (a resume, or the run
+    it branches from), which "auto" keeps rather than re-deciding on this machine. Every
+    process of a multi-process job must call it (process 0's pick wins)."""
     asked = cfg.model.compute_dtype
     if asked != "auto":
         dtype, why = asked, f"model.compute_dtype={asked}"
     elif kept in DTYPES:
-        dtype, why = kept, "model.compute_dtype=auto, kept from the run's start (config.yaml)"
+        dtype, why = kept, f"model.compute_dtype=auto, kept from {kept_from}"
     else:
-        choice = auto()
+        choice = _process_0s(auto())
         dtype, why = choice.dtype, f"model.compute_dtype=auto: {choice.why}"
-    what = (
-        "bfloat16 matmul operands with float32 accumulation"
-        if dtype == "bfloat16"
-        else "float32 matmuls"
-    )
-    line = (
-        f"precision: {what}; norms, softmax and loss in float32, params and optimizer state in "
-        f"{cfg.model.param_dtype} ({why})"
-    )
     model = dataclasses.replace(cfg.model, compute_dtype=dtype)
-    return dataclasses.replace(cfg, model=model), line
+    return dataclasses.replace(cfg, model=model), describe(model, why)
+
+
+def describe(model: ModelConfig, why: str) -> str:
+    """The line that says what a (resolved) model multiplies in, and why."""
+    if model.compute_dtype == "bfloat16":
+        what = "bfloat16 matmul operands with float32 accumulation"
+    else:
+        what = "float32 matmuls"
+    return (
+        f"precision: {what}; norms, softmax and loss in float32, params and optimizer state in "
+        f"{model.param_dtype} ({why})"
+    )

@@ -35,6 +35,13 @@ def test_auto_rule(platform, features, want):
     assert choice.why  # a reason is always given
 
 
+def test_gpus_without_bf16_tensor_cores_stay_float32():
+    assert precision.decide("gpu", set(), gpu_capability=7.0).dtype == "float32"  # V100
+    assert "7.5" in precision.decide("gpu", set(), gpu_capability=7.5).why  # T4
+    assert precision.decide("gpu", set(), gpu_capability=8.0).dtype == "bfloat16"  # A100
+    assert precision.decide("gpu", set(), gpu_capability=9.0).dtype == "bfloat16"  # H100
+
+
 def test_auto_names_the_instructions_it_relies_on():
     why = precision.decide("cpu", {"avx2", "amx_bf16", "avx512_bf16"}).why
     assert "AMX-BF16" in why and "AVX512-BF16" in why
@@ -110,6 +117,39 @@ def test_a_run_prints_its_choice_first_records_it_and_keeps_it_on_resume(tmp_pat
     f32 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype="float32"))
     with pytest.raises(config.ConfigError, match="model.compute_dtype"):
         loop.train_run(f32, run_dir, progress=False, print_fn=quiet)
+    # A branch off it (as a sweep's cooldowns are) keeps its source's dtype too.
+    lines = []
+    branch = tmp_path / "branch"
+    loop.train_run(cfg, branch, progress=False, init_from=(run_dir, 4), print_fn=lines.append)
+    assert lines[0].startswith("precision: bfloat16") and str(run_dir) in lines[0]
+    assert config.load(branch / "config.yaml").model.compute_dtype == "bfloat16"
+
+
+def test_a_directory_whose_config_says_auto_trains_and_records_the_pick(tmp_path, auto_is):
+    """lm import-hf writes config.yaml with the default "auto"; training there must work."""
+    cfg = tiny_cfg(tmp_path, "train.steps=4")
+    run_dir = tmp_path / "imported"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(config.dump(cfg))
+    assert config.load(run_dir / "config.yaml").model.compute_dtype == "auto"
+    auto_is("bfloat16")
+    lines = []
+    loop.train_run(cfg, run_dir, progress=False, print_fn=lines.append)
+    assert "compute_dtype=auto: LM_AUTO_COMPUTE_DTYPE=bfloat16" in lines[0]
+    assert config.load(run_dir / "config.yaml").model.compute_dtype == "bfloat16"
+
+
+def test_sweep_says_once_what_members_multiply_in(auto_is):
+    from lm.scaling import sweep, workers
+
+    auto_is("bfloat16")
+    base = {"model": {"n_layers": 2}}
+    assert "LM_AUTO_COMPUTE_DTYPE=bfloat16" in sweep._precision_line(base, None)
+    machine = workers.Machine("cpu", 1, (0, 1), None, None)  # workers train: no backend here
+    line = sweep._precision_line(base, machine)
+    assert line.startswith("precision: bfloat16") and "compute_dtype=auto" in line
+    pinned = {"model": {"compute_dtype": "float32"}}
+    assert sweep._precision_line(pinned, machine).endswith("(model.compute_dtype=float32)")
 
 
 def test_bf16_tiny_run_ends_within_one_percent_of_float32(tmp_path):

@@ -2,7 +2,7 @@
 
 Same signatures and the same forward values as the plain formulas in `lm.model` (`dense`,
 `normalize`, `gelu`, `attend`, `output_xent`); the model takes these instead when
-`model.grad_impl` is "custom" (or "auto" with float32 compute and no remat, see
+`model.grad_impl` is "custom" (or "auto" on the CPU backend without remat, see
 `lm.model.grad_impl`). Their backwards compute the same gradients as autodiff (tests/
 test_kernels.py holds each to `jax.test_util.check_grads` and to autodiff of the plain
 formula), but in the shapes XLA:CPU runs fastest: 2-D matmuls whose operands need no

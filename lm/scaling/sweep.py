@@ -46,6 +46,7 @@ from typing import Any, Literal
 from lm import config as config_lib
 from lm import flops, precision, runlock
 from lm.config import Config, ConfigError
+from lm.peak import cpu_features
 from lm.scaling import workers as workers_lib
 
 DONE_FILE = "done.json"
@@ -731,6 +732,22 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         return _run_sweep(sweep, out, progress, print_fn, main, workers, share)
 
 
+def _precision_line(base: dict, machine: workers_lib.Machine | None) -> str:
+    """What the members multiply in, said once. Each member decides (lm.precision) and records
+    it in its config.yaml; this process asks no collective, and when workers train (`machine`
+    probed), starts no JAX backend: the rule then reads the probed platform and CPU flags."""
+    model = config_lib.from_dict(base).model
+    if model.compute_dtype != "auto":
+        return precision.describe(model, f"model.compute_dtype={model.compute_dtype}")
+    if machine is None:
+        choice = precision.auto()
+    else:
+        override = os.environ.get(precision.ENV) or None
+        choice = precision.decide(machine.platform, cpu_features(), override)
+    model = dataclasses.replace(model, compute_dtype=choice.dtype)
+    return precision.describe(model, f"model.compute_dtype=auto: {choice.why}")
+
+
 def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bool,
                workers: int | str, share: workers_lib.Share) -> dict:  # fmt: skip
     from tqdm import tqdm
@@ -751,8 +768,6 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
     if main:
         for line in design_lines(sweep, members):
             print_fn(line)
-        # Every member resolves "auto" alike on one machine (and keeps its choice on resume).
-        print_fn(precision.resolve(config_lib.from_dict(sweep.base))[1])
     if share.count > 1:
         print_fn(
             f"worker {share.index} of {share.count} ({share.source}): "
@@ -775,6 +790,8 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
             n_workers = int(workers)
         if n_workers > 1:
             slices = workers_lib.plan_slices(machine, n_workers, members, f"--workers {workers}")
+    if main:
+        print_fn(_precision_line(sweep.base, machine if workers != 1 else None))
     if main:  # after every check of the flags: a refused command writes nothing
         workers_lib.atomic_write(out / "sweep.json",
                                  json.dumps(dataclasses.asdict(sweep), indent=1))  # fmt: skip
@@ -1040,9 +1057,10 @@ def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) ->
     base = config_lib.from_dict(sweep.base)
     peak = peak or base.train.peak_flops  # the target machine's, when the sweep file says
     if peak is None:
-        from lm.peak import peak_flops
+        from lm.peak import peak_flops, precision_of
 
-        peak = peak_flops(base.data.cache_dir)
+        dtype = precision.compute_dtype(base.model)  # bf16 members: the bf16-operand peak
+        peak = peak_flops(base.data.cache_dir, precision=precision_of(dtype))
     rate = peak * sweep.mfu_estimate
     print_fn(
         f"{'member':<28} {'group':<6} {'L':>3} {'d':>5} {'N':>10} {'D':>12} {'steps':>6} "
