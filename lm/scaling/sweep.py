@@ -790,9 +790,8 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
             n_workers = int(workers)
         if n_workers > 1:
             slices = workers_lib.plan_slices(machine, n_workers, members, f"--workers {workers}")
-    if main:
-        print_fn(_precision_line(sweep.base, machine if workers != 1 else None))
     if main:  # after every check of the flags: a refused command writes nothing
+        print_fn(_precision_line(sweep.base, machine if workers != 1 else None))
         workers_lib.atomic_write(out / "sweep.json",
                                  json.dumps(dataclasses.asdict(sweep), indent=1))  # fmt: skip
     # Only a process that trains in itself may ask JAX how many processes there are.
