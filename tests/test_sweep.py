@@ -3,6 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
+from tiny import tiny_sweep_base
 
 from lm import flops, loop
 from lm.config import ConfigError
@@ -12,19 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny_sweep(tmp_path, **kw):
-    base = {
-        "preset": "gpt2",
-        "model": {"vocab_size": 259, "max_seq_len": 32, "bias": False},
-        "data": {"max_docs": 300, "cache_dir": str(tmp_path / "cache")},
-        "train": {
-            "seq_len": 32,
-            "batch_size": 8,
-            "steps_per_call": 4,
-            "log_every": 4,
-            "ckpt_every": 1000,
-            "peak_flops": 1e11,
-        },
-    }
+    base = tiny_sweep_base(tmp_path)
     args = dict(
         name="t", kind="grid", base=base, sizes=(2e4,), tokens=(2560.0, 5120.0),
         seeds=1, compare_cosine=False, eval_tokens=512, head_dim=8,

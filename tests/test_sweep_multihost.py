@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from tiny import tiny_sweep_base
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=2e-4, atol=2e-5)  # reductions split across processes sum in another order
@@ -20,13 +21,7 @@ def _sweep_file(tmp_path: Path) -> Path:
     sweep = {
         "name": "mh", "kind": "grid", "sizes": [2.0e4], "tokens": [2560.0, 5120.0],
         "seeds": 1, "compare_cosine": False, "eval_tokens": 512, "head_dim": 8,
-        "base": {
-            "preset": "gpt2",
-            "model": {"vocab_size": 259, "max_seq_len": 32, "bias": False},
-            "data": {"max_docs": 300, "cache_dir": str(tmp_path / "cache")},
-            "train": {"seq_len": 32, "batch_size": 8, "steps_per_call": 4, "log_every": 4,
-                      "ckpt_every": 1000, "peak_flops": 1e11},
-        },
+        "base": tiny_sweep_base(tmp_path),
     }  # fmt: skip
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))

@@ -19,6 +19,7 @@ from lm.scaling import workers as wk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from test_sweep import _tiny_sweep  # noqa: E402
+from tiny import tiny_sweep_base  # noqa: E402
 
 
 def _work(members) -> dict[str, float]:
@@ -226,13 +227,7 @@ def _sweep_file(tmp_path: Path) -> Path:
         "min_tokens_per_param": 0.01, "seeds": 1, "compare_cosine": False, "eval_tokens": 512,
         "head_dim": 8, "lr_sweep_sizes": [2.0e4, 4.0e4], "lr_sweep_lrs": [1e-3, 3e-3, 1e-2],
         "lr_sweep_tokens_per_param": 0.1, "min_sizes_per_budget": 3,
-        "base": {
-            "preset": "gpt2",
-            "model": {"vocab_size": 259, "max_seq_len": 32, "bias": False},
-            "data": {"max_docs": 300, "cache_dir": str(tmp_path / "cache")},
-            "train": {"seq_len": 32, "batch_size": 8, "steps_per_call": 4, "log_every": 4,
-                      "ckpt_every": 1000, "peak_flops": 1e11},
-        },
+        "base": tiny_sweep_base(tmp_path),
     }  # fmt: skip
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))

@@ -1,4 +1,5 @@
-"""The tiny 4-step run that the export, inspect and sample-CLI tests train once per module."""
+"""The tiny run that the export, inspect and sample-CLI tests train once per module, and the
+tiny base run the sweep tests build their sweeps on."""
 
 from lm import config
 
@@ -26,3 +27,14 @@ def tiny_cfg(tmp, *extra):
             *extra,
         ],
     )
+
+
+def tiny_sweep_base(tmp) -> dict:
+    """A sweep file's `base`: 32-token windows, batch 8, 300 documents of the embedded corpus."""
+    return {
+        "preset": "gpt2",
+        "model": {"vocab_size": 259, "max_seq_len": 32, "bias": False},
+        "data": {"max_docs": 300, "cache_dir": str(tmp / "cache")},
+        "train": {"seq_len": 32, "batch_size": 8, "steps_per_call": 4, "log_every": 4,
+                  "ckpt_every": 1000, "peak_flops": 1e11},
+    }  # fmt: skip
