@@ -283,7 +283,8 @@ def sort_run(tmp_path_factory):
 
 def test_sort_trains_resumes_samples_and_sorts(sort_run, capsys):
     run_dir, said = sort_run
-    assert said[0].startswith(f"resuming {run_dir} at step 100/200")
+    assert said[0].startswith("precision: ") and "kept from the run's start" in said[0]
+    assert said[1].startswith(f"resuming {run_dir} at step 100/200")
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r["step"] for r in recs if "train_loss" in r]
     evals = [r["step"] for r in recs if "val_loss" in r]

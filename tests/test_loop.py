@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tiny import tiny_cfg
 
-from lm import checkpoint, config, loop
+from lm import checkpoint, config, loop, precision
 from lm.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_run_directory_contract_and_resume_equality(tmp_path):
     run = tmp_path / "a"
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
     assert any((run / "tb").iterdir())
-    assert config.load(run / "config.yaml") == cfg
+    assert config.load(run / "config.yaml") == precision.resolve(cfg)[0]  # "auto" as run
     assert checkpoint.manager(run, read_only=True).all_steps() == [4, 8, 12]
 
 
