@@ -31,7 +31,7 @@ from typing import NamedTuple
 import jax
 
 from lm import peak
-from lm.config import Config, ModelConfig
+from lm.config import Config, ConfigError, ModelConfig
 
 ENV = "LM_AUTO_COMPUTE_DTYPE"
 DTYPES = ("float32", "bfloat16")
@@ -54,7 +54,7 @@ def decide(
     override."""
     if override:
         if override not in DTYPES:
-            raise ValueError(f"{ENV}={override!r}: must be one of {', '.join(DTYPES)}")
+            raise ConfigError(f"{ENV}={override!r}: must be one of {', '.join(DTYPES)}")
         return Choice(override, f"{ENV}={override}")
     if platform == "gpu" and gpu_capability is not None and gpu_capability < 8.0:
         return Choice(
