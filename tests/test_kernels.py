@@ -110,10 +110,10 @@ def test_attend(K, G, use_weights):
     shapes = [(B, T, K, G, H), (B, S, K, H), (B, S, K, H)]
     mask = _mask_BTS(B, T, S)
 
-    def f(fn):
+    def f(fn):  # jitted: op by op, the first of these tests compiles ~25 s of small programs
         if use_weights:
-            return lambda q, k, v: fn(q, k, v, mask)
-        return lambda q, k, v: fn(q, k, v, mask)[0]
+            return jax.jit(lambda q, k, v: fn(q, k, v, mask))
+        return jax.jit(lambda q, k, v: fn(q, k, v, mask)[0])
 
     with jax.enable_x64(True):
         args = [_rand(i, *s, dtype=jnp.float64) for i, s in enumerate(shapes)]
