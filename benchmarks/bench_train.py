@@ -413,11 +413,11 @@ def acceptance(
     ]
     other = "float32" if auto_dtype == "bfloat16" else "bfloat16"
     for size in SIZES:
-        picked, rest = row(size, f"lm {SHORT[auto_dtype]}"), row(size, f"lm {SHORT[other]}")
-        if picked or rest:
+        mine, rest = row(size, picked), row(size, f"lm {SHORT[other]}")
+        if mine or rest:
             out.append(Verdict(
-                f"{size}: auto's pick (lm {SHORT[auto_dtype]}) / lm {SHORT[other]}",
-                picked.median / rest.median if picked and rest else None,
+                f"{size}: auto's pick ({picked}) / lm {SHORT[other]}",
+                mine.median / rest.median if mine and rest else None,
                 1 - AUTO_TIE,
                 "x",
                 "both precisions in --precisions",

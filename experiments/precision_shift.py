@@ -94,13 +94,7 @@ def report(dir_a: Path, dir_b: Path, label_a: str, label_b: str) -> tuple[list[s
         f"Main members' learning rates differ by up to {100 * (lr_ratio - 1):.1f}% (each sweep "
         "fits its own LR rule).",
         "",
-        "| approach | a, "
-        + label_a
-        + " | a, "
-        + label_b
-        + " | shift | half-width, "
-        + label_a
-        + " |",
+        f"| approach | a, {label_a} | a, {label_b} | shift | half-width, {label_a} |",
         "|---|---|---|---|---|",
     ]
     ran = {label: dtypes(d) for label, d in ((label_a, dir_a), (label_b, dir_b))}

@@ -80,18 +80,17 @@ def _gpu_capability() -> float | None:
         return None  # not a GPU, or a backend that does not say
 
 
-def rule() -> Choice:
-    """The rule's pick for this machine, without the LM_AUTO_COMPUTE_DTYPE override."""
+def rule(override: str | None = None) -> Choice:
+    """The rule's pick for this machine (the override, where given, wins)."""
     platform = jax.default_backend()
     cap = _gpu_capability() if platform == "gpu" else None
-    return decide(platform, peak.cpu_features(), gpu_capability=cap)
+    return decide(platform, peak.cpu_features(), override, gpu_capability=cap)
 
 
 @functools.cache
 def auto() -> Choice:
-    """What "auto" means in this process, decided once: the override, else the rule."""
-    override = os.environ.get(ENV) or None
-    return decide("cpu", set(), override) if override else rule()
+    """What "auto" means in this process, decided once: LM_AUTO_COMPUTE_DTYPE, else the rule."""
+    return rule(os.environ.get(ENV) or None)
 
 
 def _process_0s(choice: Choice) -> Choice:
