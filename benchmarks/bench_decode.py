@@ -21,8 +21,9 @@ import time
 import jax
 import numpy as np
 
-from lm import model, sampling
 from lm.config import PRESETS, ModelConfig
+from lm.inference import sampling
+from lm.model import transformer
 
 
 def timed(fn, repeats: int) -> tuple[float, float, float]:
@@ -58,7 +59,7 @@ def main() -> None:
         n_layers=6, d_model=384, n_heads=6, vocab_size=4096, max_seq_len=512,
         **PRESETS.get(args.preset, {}),
     )  # fmt: skip
-    params = jax.jit(model.init, static_argnums=0)(cfg, jax.random.key(0))
+    params = jax.jit(transformer.init, static_argnums=0)(cfg, jax.random.key(0))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     rng = np.random.default_rng(0)
     key = jax.random.key(1)

@@ -28,8 +28,10 @@ import time
 import jax
 import numpy as np
 
-from lm import config, model, serve
-from lm.tokenizer import ByteTokenizer
+from lm import config
+from lm.data.tokenizer import ByteTokenizer
+from lm.model import transformer
+from lm.serving import api
 
 
 def _request(port: int, body: dict) -> tuple[float, int]:
@@ -97,7 +99,7 @@ def main() -> None:
         [f"model.n_layers={args.layers}", f"model.d_model={args.width}", "model.n_heads=4",
          "model.max_seq_len=256", "train.seq_len=256"],
     )  # fmt: skip
-    params = jax.jit(model.init, static_argnums=0)(cfg.model, jax.random.PRNGKey(0))
+    params = jax.jit(transformer.init, static_argnums=0)(cfg.model, jax.random.PRNGKey(0))
     print(
         f"model: {args.layers}x{args.width}, vocab {cfg.model.vocab_size}, context 256; "
         f"{args.max_tokens} new tokens per request, {args.requests} requests per client; "
@@ -105,12 +107,12 @@ def main() -> None:
     )
     print(f"{'slots':>5} {'clients':>7} {'tokens/s':>9} {'req/s':>7} {'p50 s':>7} {'p95 s':>7}")
     for slots in args.slots:
-        served = serve.Served(cfg, ByteTokenizer(), params, "bench", slots=slots,
+        served = api.Served(cfg, ByteTokenizer(), params, "bench", slots=slots,
                               max_waiting=4096, chunk=args.chunk)  # fmt: skip
         served.engine.warmup()
-        app = serve.create_app(served)
-        sock = serve.bind("127.0.0.1", 0)
-        server = serve.make_server(app, "127.0.0.1", 0)
+        app = api.create_app(served)
+        sock = api.bind("127.0.0.1", 0)
+        server = api.make_server(app, "127.0.0.1", 0)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         while not server.started:

@@ -40,7 +40,7 @@ What it prints, in order:
     lm's best precision over torch bf16 autocast at c259 and lm bf16's MFU at c259 against the
     bfloat16-operand peak (both only where bfloat16 is native), lm in its default precision
     (auto's pick) over torch fp32 at a, and, at every size run in both precisions, that
-    `model.compute_dtype=auto`'s pick on this machine (lm/precision.py) is the faster one
+    `model.compute_dtype=auto`'s pick on this machine (lm/hardware/precision.py) is the faster one
     (within 3%).
 
 Sizes: GPT-2-style models (layernorm, learned positions, tanh gelu, tied embeddings, no
@@ -63,18 +63,21 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-# Before JAX starts its threads: the malloc setting the CLI applies (lm.xla_env), without the
-# CLI's persistent compilation cache, which would turn compile times into cache loads.
-from lm import xla_env
+# Before JAX starts its threads: the malloc setting the CLI applies (lm.hardware.xla_env), without
+# the CLI's persistent compilation cache, which would turn compile times into cache loads.
+from lm.hardware import xla_env
 
 MALLOC_KEPT = xla_env.keep_freed_memory()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from lm import data, flops, peak, precision, sharding, train  # noqa: E402
-from lm.config import PRESETS, Config, from_dict  # noqa: E402
+from lm.config import PRESETS, Config, from_dict
+from lm.data import dataset
+from lm.hardware import peak, precision
+from lm.model import flops
+from lm.training import sharding, train
 
 SIZES = {
     "a": dict(n_layers=2, d_model=64, n_heads=4, vocab_size=259, seq=64, batch=64),
@@ -281,14 +284,18 @@ def compile_time(cfg: Config) -> float:
 
 
 def data_path_seconds(cfg: Config, tokens: np.ndarray, batch_shard, repeats: int) -> float:
-    """Median seconds to build one call's batches (as lm.loop does) and put them on device."""
+    """Median seconds to build one call's batches (as lm.training.loop does) and put them on
+    device."""
     t = cfg.train
     S, B, T = t.steps_per_call, t.batch_size, t.seq_len
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
         host = np.stack(
-            [data.batch_at(tokens, t.seed, r * S + s, B, T).reshape(1, B, T + 1) for s in range(S)]
+            [
+                dataset.batch_at(tokens, t.seed, r * S + s, B, T).reshape(1, B, T + 1)
+                for s in range(S)
+            ]
         )
         jax.block_until_ready(jax.device_put(host, batch_shard))
         times.append(time.perf_counter() - t0)
@@ -345,7 +352,8 @@ def print_table(rows: list[Row], peaks: dict[str, float]) -> None:
     print(
         "MFU: median tokens/s x hardware FLOPs per token / the peak of the row's precision "
         "(bf16 rows: the bf16-operand peak)\n"
-        "data path: lm.data.batch_at on a uint16 memmap + device_put, share of a call's time"
+        "data path: lm.data.dataset.batch_at on a uint16 memmap + device_put, share of a call's "
+        "time"
     )
 
 
@@ -455,7 +463,7 @@ def main() -> None:
     print(
         f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
         f"{n_cores()} cores, load average {os.getloadavg()[0]:.1f}; "
-        f"malloc keeps freed memory (lm.xla_env): {MALLOC_KEPT}"
+        f"malloc keeps freed memory (lm.hardware.xla_env): {MALLOC_KEPT}"
     )
     feats = peak.cpu_features()
     shown = " ".join(f for f in peak.CPU_FEATURES if f in feats) or "none of " + " ".join(

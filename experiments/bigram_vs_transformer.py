@@ -80,17 +80,20 @@ def side_by_side(texts: dict[str, str], width: int = COL) -> str:
 def run(raw: dict, out: Path, print_fn=print) -> dict:
     import jax
 
-    from lm import bigram, checkpoint, data, flops, loop, sampling
-    from lm.tokenizer import build_tokenizer
+    from lm.data import dataset
+    from lm.data.tokenizer import build_tokenizer
+    from lm.inference import sampling
+    from lm.model import flops
+    from lm.training import checkpoint, counting, loop
 
     common.quiet()
     cfgs = configs(raw)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(next(iter(cfgs.values())).data)
-    tokens = data.prepare_data(next(iter(cfgs.values())).data, tok, progress=False)
+    tokens = dataset.prepare_data(next(iter(cfgs.values())).data, tok, progress=False)
     ref = None
     for c in cfgs.values():  # the claim of the table: one set of windows for all
-        w = data.val_windows(tokens.val, c.train.eval_windows, c.train.seq_len)
+        w = dataset.val_windows(tokens.val, c.train.eval_windows, c.train.seq_len)
         assert ref is None or np.array_equal(w, ref)
         ref = w
     rows, samples = [], {}
@@ -106,9 +109,9 @@ def run(raw: dict, out: Path, print_fn=print) -> dict:
         t0 = time.perf_counter()
         run_dir = out / name
         if c.kind == "bigram":
-            r = bigram.train_run(c, run_dir, print_fn=print_fn)
+            r = counting.train_run(c, run_dir, print_fn=print_fn)
             table = r["table"]
-            new = bigram.generate(table, ids, key, n_tok, temp, eos_id=tok.eos_id)
+            new = sampling.generate_bigram(table, ids, key, n_tok, temp, eos_id=tok.eos_id)
             row = dict(params=table.size, non_embedding=0, val_loss=r["val_loss"],
                        se=r["val_loss_se"], bpb=r["val_bpb"], curve=[])  # fmt: skip
         else:

@@ -22,7 +22,7 @@ def parser(description: str, config: str) -> argparse.ArgumentParser:
 def machine() -> str:
     import jax
 
-    from lm.peak import cpu_model
+    from lm.hardware.peak import cpu_model
 
     cpu = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -27,7 +27,9 @@ import common  # noqa: E402
 
 
 def score(out: Path, rows: list[dict], n_eval: int, print_fn=print) -> list[dict]:
-    from lm import checkpoint, tasks
+    from lm.data import tasks
+    from lm.inference import task_eval
+    from lm.training import checkpoint
 
     common.quiet()
     scored = []
@@ -36,7 +38,7 @@ def score(out: Path, rows: list[dict], n_eval: int, print_fn=print) -> list[dict
         cfg, params, _ = checkpoint.load_run(out / "runs" / row["name"])
         if x is None:
             x = tasks.inputs(cfg.data, "val", n_eval)
-        ev = tasks.evaluate(params, cfg, x)
+        ev = task_eval.evaluate(params, cfg, x)
         scored.append({**row, "exact_match": ev.accuracy, "answer_loss": ev.answer_loss,
                        "answer_token_accuracy": ev.token_accuracy})  # fmt: skip
         print_fn(
@@ -47,7 +49,7 @@ def score(out: Path, rows: list[dict], n_eval: int, print_fn=print) -> list[dict
 
 
 def mean_answer_tokens(cfg, n: int = 2000) -> float:
-    from lm import tasks
+    from lm.data import tasks
 
     return float(
         np.mean([len(tasks.answer(cfg.data, r)) for r in tasks.inputs(cfg.data, "val", n)])

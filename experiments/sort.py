@@ -28,7 +28,9 @@ PROMPT = "C B A B B C"
 def run(
     cfg, out: Path, print_fn=print, inspect_prompt: str | None = PROMPT, n_eval: int = 1000
 ) -> dict:
-    from lm import checkpoint, inspect, loop, tasks
+    from lm.data import tasks
+    from lm.inference import inspection, task_eval
+    from lm.training import checkpoint, loop
 
     common.quiet()
     out.mkdir(parents=True, exist_ok=True)
@@ -40,11 +42,11 @@ def run(
 
     t1 = time.perf_counter()
     held = tasks.inputs(d, "val", n_eval)
-    ev_held = tasks.evaluate(params, cfg, held)
+    ev_held = task_eval.evaluate(params, cfg, held)
     train_x = tasks.inputs(d, "train", n_eval)
-    ev_train = tasks.evaluate(params, cfg, train_x)
+    ev_train = task_eval.evaluate(params, cfg, train_x)
     distinct = tasks.distinct_sort_inputs(d, "val")
-    ev_distinct = tasks.evaluate(params, cfg, distinct)
+    ev_distinct = task_eval.evaluate(params, cfg, distinct)
     t_eval = time.perf_counter() - t1
 
     train, evals = common.metrics(out / "run")
@@ -62,7 +64,7 @@ def run(
     if inspect_prompt is not None:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            explained = inspect.explain(
+            explained = inspection.explain(
                 cfg, params, tok, inspect_prompt, 0.0, 0, out / "inspect", 8, stages=True
             )
         (out / "inspect.txt").write_text(buf.getvalue())

@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------- what a key may change
 # Field metadata says how a key may differ between two runs; `key_flags` reads it:
 #   resumable  a resumed run directory may change it: it changes how the run goes, not what
-#              it learns (lm.loop.check_run_dir refuses a change to any other key);
-#   compiled   a compiled program depends on it: it is part of lm.loop.program_key.
+#              it learns (lm.training.loop.check_run_dir refuses a change to any other key);
+#   compiled   a compiled program depends on it: it is part of lm.training.loop.program_key.
 # A key that says nothing is compiled in and not resumable, the safe side, so a new key needs
 # no entry anywhere to be handled correctly. Metadata on a section's field in `Config` holds
 # for each of its keys, unless the key's own says otherwise.
@@ -97,11 +97,12 @@ class ModelConfig:
     init_std: float = 0.02
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     # matmul operands (accumulation is float32 either way); "auto": bfloat16 where the hardware
-    # multiplies it natively (TPU, GPU, AVX512-BF16/AMX CPUs), float32 elsewhere (lm/precision.py)
+    # multiplies it natively (TPU, GPU, AVX512-BF16/AMX CPUs), float32 elsewhere
+    # (lm/hardware/precision.py)
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     remat: Literal["none", "full", "dots"] = "none"  # activation rematerialisation per layer
     scan_layers: bool = True  # scan keeps compile time flat in depth
-    # Backward passes: "custom" uses lm.kernels.cpu (hand-written, faster on XLA:CPU),
+    # Backward passes: "custom" uses lm.model.cpu_kernels (hand-written, faster on XLA:CPU),
     # "autodiff" JAX's own; "auto" picks custom on the CPU backend without remat.
     grad_impl: Literal["auto", "custom", "autodiff"] = "auto"
 
@@ -147,8 +148,8 @@ class DataConfig:
     tokenizer_sample_bytes: int = 20_000_000  # corpus sample the tokenizer is trained on
     # tokenized corpora, keyed by corpus + tokenizer
     cache_dir: str = field(default="~/.cache/lm", metadata=HOST_SIDE)
-    # Synthetic tasks (source "task:sort" / "task:add", see lm/tasks.py); ignored otherwise.
-    # Held-out inputs are chosen by hash with probability val_fraction.
+    # Synthetic tasks (source "task:sort" / "task:add", see lm/inference/task_eval.py); ignored
+    # otherwise. Held-out inputs are chosen by hash with probability val_fraction.
     task_length: int = 6  # sort: letters per sequence
     task_symbols: int = 3  # sort: alphabet size (A, B, C, ...)
     task_min_digits: int = 3  # add: digits per operand, drawn uniformly in [min, max]
@@ -467,8 +468,8 @@ def validate(cfg: Config) -> None:
     _check(d.tokenizer_vocab >= 260, "data.tokenizer_vocab", d.tokenizer_vocab, "must be >= 260")
     if d.max_docs is not None:
         _check(d.max_docs >= 2, "data.max_docs", d.max_docs, "must be >= 2")
-    # The source checks itself (lm.sources imports no module that imports this one).
-    from lm import sources
+    # The source checks itself (lm.data.sources imports no module that imports this one).
+    from lm.data import sources
 
     try:
         source = sources.source_for(d)

@@ -13,7 +13,8 @@ def main() -> None:
         jax.distributed.initialize(
             args["coordinator"], num_processes=args["num_processes"], process_id=args["process_id"]
         )
-    from lm import config, loop
+    from lm import config
+    from lm.training import loop
 
     cfg = config.load(None, args["overrides"])
     out = loop.train_run(

@@ -1,6 +1,6 @@
 """Synthetic sweep directories for the report's tests: results.csv, curves.csv and sweep.json
 as `lm sweep run` writes them, for model shapes with real parameter and FLOP counts
-(lm.flops), and losses from KNOWN Chinchilla-form constants in the non-embedding convention,
+(lm.model.flops), and losses from KNOWN Chinchilla-form constants in the non-embedding convention,
 L = E + A/N^alpha + B/D^beta, times small multiplicative noise. Nothing is trained.
 
 Independent of lm.scaling.sweep's planner on purpose: the designs here are chosen to make a
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lm import flops
 from lm.config import ModelConfig
+from lm.model import flops
 
 TRUE = {"E": 1.2, "A": 60.0, "B": 50.0, "alpha": 0.34, "beta": 0.28}
 A_TRUE = TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])

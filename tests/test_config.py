@@ -110,7 +110,7 @@ def test_every_shipped_config_loads():
         config.load(f)
 
 
-# The hand-kept lists lm.loop had before field metadata replaced them, as golden values.
+# The hand-kept lists lm.training.loop had before field metadata replaced them, as golden values.
 OLD_RESUMABLE_KEYS = {
     "train.log_every", "train.eval_every", "train.ckpt_every", "train.keep_ckpts",
     "train.sample_every", "train.sample_tokens", "train.peak_flops", "data.cache_dir",

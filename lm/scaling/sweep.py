@@ -44,10 +44,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lm import config as config_lib
-from lm import flops, precision, runlock
 from lm.config import Config, ConfigError
-from lm.peak import cpu_features
+from lm.hardware import precision
+from lm.hardware.peak import cpu_features
+from lm.model import flops
 from lm.scaling import workers as workers_lib
+from lm.util import dirlock
 
 DONE_FILE = "done.json"
 
@@ -509,8 +511,8 @@ def _claim(out: Path, unit: str, main: bool):
         got = True
         if main:
             try:
-                stack.enter_context(runlock.hold(out / "claims" / unit, "sweep unit", _warn_once))
-            except runlock.Busy:
+                stack.enter_context(dirlock.hold(out / "claims" / unit, "sweep unit", _warn_once))
+            except dirlock.Busy:
                 got = False
         yield _agree(got)
 
@@ -519,10 +521,10 @@ def run_unit(members: list[Member], out: Path, *, on_start=None, on_member=None,
              progress: bool = False, data_memo: dict | None = None,
              trained_by: dict | None = None) -> bool:  # fmt: skip
     """Train one unit in this process: a member alone, or a WSD trunk (members[0]) with its
-    branches in branch-step order. The trunk is trained up to each branch point in turn (its
-    latest checkpoint is then exactly where the branch starts), the branch is trained, and the
-    trunk goes on. Members of one size share their compiled programs (lm.loop.programs), so a
-    unit compiles once. Returns False, training nothing, when another process holds the unit.
+    branches in branch-step order. The trunk is trained up to each branch point in turn (its latest
+    checkpoint is then exactly where the branch starts), the branch is trained, and the trunk goes
+    on. Members of one size share their compiled programs (lm.training.loop.programs), so a unit
+    compiles once. Returns False, training nothing, when another process holds the unit.
 
     `on_start(member, stop_after)` and `on_member(member, stop_after, rec)` see each member
     (segment) begin and end; rec is None for a member that was already done."""
@@ -578,7 +580,7 @@ def train_member(m: Member, out: Path, stop_after: int | None = None, *, main: b
                  trained_by: dict | None = None) -> dict:  # fmt: skip
     """Train (or resume) one member, to its end or to `stop_after`; at its end, write its
     done.json. Returns {"wall", "timings"} of this call."""
-    from lm import loop
+    from lm.training import loop
 
     run_dir = out / "runs" / m.name
     init_from = (out / "runs" / m.trunk, m.branch_step) if m.trunk else None
@@ -724,18 +726,19 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
     if not main:
         held = contextlib.nullcontext()
     elif share.count == 1:
-        held = runlock.hold(out, "sweep directory", print_fn)
+        held = dirlock.hold(out, "sweep directory", print_fn)
     else:
-        held = runlock.hold(out / "claims" / f"share-{share.index}-of-{share.count}",
+        held = dirlock.hold(out / "claims" / f"share-{share.index}-of-{share.count}",
                             f"sweep share {share.index} of {share.count}", print_fn)  # fmt: skip
     with held:
         return _run_sweep(sweep, out, progress, print_fn, main, workers, share)
 
 
 def _precision_line(base: dict, machine: workers_lib.Machine | None) -> str:
-    """What the members multiply in, said once. Each member decides (lm.precision) and records
-    it in its config.yaml; this process asks no collective, and when workers train (`machine`
-    probed), starts no JAX backend: the rule then reads the probed platform and CPU flags."""
+    """What the members multiply in, said once. Each member decides (lm.hardware.precision) and
+    records it in its config.yaml; this process asks no collective, and when workers train
+    (`machine` probed), starts no JAX backend: the rule then reads the probed platform and CPU
+    flags."""
     model = config_lib.from_dict(base).model
     if model.compute_dtype != "auto":
         return precision.describe(model, f"model.compute_dtype={model.compute_dtype}")
@@ -1056,7 +1059,7 @@ def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) ->
     base = config_lib.from_dict(sweep.base)
     peak = peak or base.train.peak_flops  # the target machine's, when the sweep file says
     if peak is None:
-        from lm.peak import peak_flops, precision_of
+        from lm.hardware.peak import peak_flops, precision_of
 
         dtype = precision.compute_dtype(base.model)  # bf16 members: the bf16-operand peak
         peak = peak_flops(base.data.cache_dir, precision=precision_of(dtype))

@@ -288,8 +288,8 @@ def _split(items: tuple[int, ...], n: int) -> list[tuple[int, ...]]:
 
 def check_submesh(members: Iterable, k: int, why: str) -> None:
     """Each member's mesh on k devices exists, and its batch splits evenly over data x fsdp."""
-    from lm import sharding
     from lm.config import ConfigError
+    from lm.training import sharding
 
     seen = set()
     for m in members:
@@ -367,7 +367,7 @@ def member_bytes(m) -> float:
     """Rough training memory of one member: fp32 params, grads and two Adam moments, plus
     activations saved for the backward pass (~16 d floats per token and layer, and the
     logits)."""
-    from lm import flops
+    from lm.model import flops
 
     t, mc = m.cfg.train, m.cfg.model
     params = flops.count_params(mc)["total"]
@@ -454,11 +454,12 @@ _WORKER_CODE = "import sys; from lm.scaling.workers import worker_main; worker_m
 
 def _reraise(ev: dict, log: Path) -> None:
     """The worker's exception as the class the command line knows how to report, if any."""
-    from lm import checkpoint, loop, runlock
     from lm.config import ConfigError
+    from lm.training import checkpoint, loop
+    from lm.util import dirlock
 
     known = (ConfigError, loop.TrainingDiverged, loop.RunDirError, checkpoint.CheckpointError,
-             runlock.Busy)  # fmt: skip
+             dirlock.Busy)  # fmt: skip
     msg = f"{ev.get('member') or ev['unit']}: {ev['message']}"
     for cls in known:
         if cls.__name__ == ev["type"]:
@@ -651,7 +652,7 @@ def worker_main(trainer: str) -> None:
     exact = os.environ.get("LM_SWEEP_EXACT", "1") != "0"
     if mask and not exact:
         os.sched_setaffinity(0, mask)
-    from lm.xla_env import configure
+    from lm.hardware.xla_env import configure
 
     configure()
     import jax

@@ -16,15 +16,15 @@ One module per concern, each using only the others' public names:
 - estimates: the exponents read off the fits (each approach's a with its interval);
 - checks: checks that can fail, on the primary convention;
 - summary: fit.json's fits and `summary` object, and the printed lines;
-- markdown: report.md; plots: the figures; build: write_report; cli: `lm scaling plot`.
+- markdown: report.md; plots: the figures; build: write_report (for `lm scaling plot` too).
 """
 
+from lm.scaling import N_BOOT
 from lm.scaling.report.allocation import flops_law, optimal_allocation
 from lm.scaling.report.build import write_report
 from lm.scaling.report.checks import run_checks
-from lm.scaling.report.cli import add_plot_parser, cmd_plot
 from lm.scaling.report.conventions import CONVENTIONS, Convention, primary_convention
-from lm.scaling.report.fits import N_BOOT, ConventionFit, approach2, fit_convention
+from lm.scaling.report.fits import ConventionFit, approach2, fit_convention
 from lm.scaling.report.isoflops import grid_isoflops
 from lm.scaling.report.tables import read_table
 

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lm.scaling import N_BOOT
 from lm.scaling.report import checks as checks_lib
 from lm.scaling.report import controls, estimates, markdown, plots, summary, tables
 from lm.scaling.report.conventions import (
@@ -17,7 +18,6 @@ from lm.scaling.report.conventions import (
     n_column_for,
     primary_convention,
 )
-from lm.scaling.report.fits import N_BOOT
 from lm.scaling.report.parallel import fit_all
 
 if TYPE_CHECKING:

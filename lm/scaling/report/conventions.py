@@ -5,7 +5,7 @@ The compute-optimal exponent a (N_opt ~ C^a) depends on what is counted. Kaplan 
 attention as well, at the small sizes a cheap sweep trains, moves a by as much as the
 Kaplan/Chinchilla gap (Porian et al. 2024, arXiv:2406.19146; Pearce & Song 2024,
 arXiv:2406.12907). Each convention names a parameter column and a compute column of
-results.csv; lm.flops defines the compute columns.
+results.csv; lm.model.flops defines the compute columns.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from lm.scaling.report.allocation import ci_from_samples, effective_allocation, 
 from lm.scaling.report.conventions import Convention
 from lm.scaling.report.isoflops import grid_isoflops
 
-N_BOOT = 200  # approach-3 resamples: ~100 lanes per resample-batch call keep this a few seconds
 # L-BFGS options for approach-3 *refits* (bootstrap resamples, hold-out fits), which start
 # from the full fit's optimum plus fit.bootstrap_starts' coarse grid. The point fit keeps
 # fit.py's tight defaults (ftol 1e-12, 1000 steps; the Besiroglu et al. 2024 concern). On the

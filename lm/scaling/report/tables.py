@@ -66,7 +66,7 @@ def sweep_info(out_dir: Path, sweep: SweepConfig | None) -> tuple[dict, str | No
 def derive_columns(rows: list[dict]) -> list[str]:
     """Fill the columns of the third convention where a results.csv predates it; returns notes.
 
-    Both follow exactly from columns every results.csv has (lm.flops): C_6N_out = 6 N_out D
+    Both follow exactly from columns every results.csv has (lm.model.flops): C_6N_out = 6 N_out D
     gives N_out, and the causal-attention FLOPs are C_6N_attn - C_6N, so
     C_6N_out_attn = C_6N_out + C_6N_attn - C_6N."""
     notes = []
@@ -196,14 +196,14 @@ def corpus_tokens(out_dir: Path, run_name: str) -> tuple[int | None, str]:
         return None, f"no {run_dir / 'config.yaml'} to read the data config from"
     try:
         from lm import config as config_lib
-        from lm import data
-        from lm.tokenizer import load_tokenizer
+        from lm.data import dataset
+        from lm.data.tokenizer import load_tokenizer
 
         cfg = config_lib.load(run_dir / "config.yaml")
         tok = load_tokenizer(run_dir)
         key = {
-            "format": data.FORMAT_VERSION,
-            "corpus": data.corpus_fingerprint(cfg.data),
+            "format": dataset.FORMAT_VERSION,
+            "corpus": dataset.corpus_fingerprint(cfg.data),
             "tokenizer": tok.identity,
             "val_fraction": cfg.data.val_fraction,
             "max_docs": cfg.data.max_docs,
