@@ -226,7 +226,7 @@ class Config:
 # ---------------------------------------------------------------- loading and overrides
 
 
-def _coerce(key: str, value: Any, typ: Any) -> Any:
+def coerce(key: str, value: Any, typ: Any) -> Any:
     """Check `value` against the annotation `typ`, converting strings from the command line."""
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
@@ -243,7 +243,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(key, value, a)
+                return coerce(key, value, a)
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}={value!r}: bad value")
@@ -310,11 +310,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(typ):
             kwargs[f.name] = _build(typ, v, f"{prefix}{f.name}.")
         else:
-            kwargs[f.name] = _coerce(f"{prefix}{f.name}", v, typ)
+            kwargs[f.name] = coerce(f"{prefix}{f.name}", v, typ)
     return cls(**kwargs)
 
 
-def _parse_scalar(text: str) -> Any:
+def parse_scalar(text: str) -> Any:
     """A command-line value as YAML would read it ('3e-4' is a number, 'true' a bool)."""
     try:
         v = yaml.safe_load(text)
@@ -341,7 +341,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {_shown(key)}: {_shown(p)} is not a section")
-        node[parts[-1]] = _parse_scalar(value)
+        node[parts[-1]] = parse_scalar(value)
     return raw
 
 

@@ -41,7 +41,6 @@ import dataclasses
 import json
 import math
 import os
-import struct
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -49,6 +48,7 @@ import numpy as np
 
 from lm import config as config_lib
 from lm.config import Config, DataConfig, ModelConfig, TrainConfig
+from lm.util import safetensors
 
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
@@ -419,27 +419,17 @@ def _our_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
 # ---------------------------------------------------------------- safetensors files
 
 
-_ST_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
+_ST_DTYPES = {k: v for k, v in safetensors.DTYPES.items() if k != "U8"}  # the float ones
 
 
-def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+def _read_header(path: Path) -> safetensors.Header:
     try:
         with path.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > path.stat().st_size - 8:
-                raise ValueError
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error, RecursionError):
-        raise HFError(f"{path}: not a safetensors file") from None
-    if not isinstance(header, dict):
-        raise HFError(f"{path}: not a safetensors file (its header is not a JSON object)")
-    header.pop("__metadata__", None)
-    return header, 8 + n
-
-
-def _ints(x: Any, n: int | None = None) -> bool:
-    ok = isinstance(x, list) and all(type(i) is int and i >= 0 for i in x)
-    return ok and (n is None or len(x) == n)
+            return safetensors.read_header(f, path.stat().st_size, _ST_DTYPES)
+    except OSError as e:
+        raise HFError(f"{path}: cannot read ({e.strerror or e})") from None
+    except safetensors.SafetensorsError as e:
+        raise HFError(f"{path}: not a safetensors file ({e})") from None
 
 
 def _weight_files(hf_dir: Path) -> list[Path]:
@@ -469,35 +459,25 @@ def _weight_files(hf_dir: Path) -> list[Path]:
 
 
 class _Tensors:
-    """Tensor headers of every shard now; bytes only when a tensor is asked for."""
+    """Tensor headers of every shard now (checked against their files); bytes only when a tensor
+    is asked for."""
 
     def __init__(self, files: list[Path]):
-        self.where: dict[str, tuple[Path, int, dict]] = {}
+        self.where: dict[str, tuple[Path, int, safetensors.Tensor]] = {}
         for f in files:
-            header, start = _read_header(f)
-            for name, info in header.items():
-                if not isinstance(info, dict) or str(info.get("dtype")) not in _ST_DTYPES:
-                    dtype = info.get("dtype") if isinstance(info, dict) else info
-                    raise HFError(f"{f}: tensor {name} has dtype {dtype!r} (not a float)")
-                offsets = info.get("data_offsets")
-                if not (_ints(info.get("shape")) and _ints(offsets, 2)) or offsets[0] > offsets[1]:
-                    raise HFError(f"{f}: tensor {name}: malformed shape or data_offsets")
-                self.where[name] = (f, start, info)
+            header = _read_header(f)
+            for name, t in header.tensors.items():
+                self.where[name] = (f, header.data_start, t)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.where[name][2]["shape"])
+        return self.where[name][2].shape
 
     def get(self, name: str) -> np.ndarray:
-        f, start, info = self.where[name]
-        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-        begin, end = info["data_offsets"]
-        n = math.prod(info["shape"])
-        if end - begin != n * dtype.itemsize or start + end > f.stat().st_size:
-            raise HFError(f"{f}: tensor {name}: its bytes do not fit its shape or the file")
-        raw = np.fromfile(f, dtype, n, offset=start + begin)
-        if info["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-            raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        return raw.astype(np.float32).reshape(info["shape"])
+        f, start, t = self.where[name]
+        raw = np.fromfile(
+            f, np.dtype(_ST_DTYPES[t.dtype]), math.prod(t.shape), offset=start + t.begin
+        )
+        return safetensors.as_float32(raw, t.dtype).reshape(t.shape)
 
 
 def _canonical_names(names: list[str], family: str) -> dict[str, str]:

@@ -165,7 +165,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
             except (TypeError, ValueError):
                 raise ConfigError(f"{k}={v!r}: expected a list of numbers") from None
         else:
-            kw[k] = config_lib._coerce(k, v, typing.get_type_hints(SweepConfig)[k])
+            kw[k] = config_lib.coerce(k, v, typing.get_type_hints(SweepConfig)[k])
     sweep = SweepConfig(base=base, **kw)
     config_lib.from_dict(base)  # the base must be a valid run config on its own
     return sweep

@@ -35,7 +35,7 @@ def _fit(source, extra):
     probe = config.DataConfig(source=source)
     for e in extra:
         k, v = e.split("=", 1)
-        probe = dataclasses.replace(probe, **{k.split(".")[1]: config._parse_scalar(v)})
+        probe = dataclasses.replace(probe, **{k.split(".")[1]: config.parse_scalar(v)})
     w = tasks.example_width(probe)
     return [f"train.seq_len={w - 1}", f"model.max_seq_len={w}", "model.vocab_size=16"]
 
