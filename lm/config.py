@@ -417,8 +417,19 @@ def _check_numbers(obj: Any, prefix: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Reject impossible values with one line naming the key; cheap, no compute."""
-    m, d, t, me = cfg.model, cfg.data, cfg.train, cfg.mesh
     _check_numbers(cfg, "")
+    _check_model(cfg.model)
+    _check_data(cfg)
+    _check_train(cfg.train, cfg.model)
+    _check(cfg.bigram.add_k > 0, "bigram.add_k", cfg.bigram.add_k, "must be > 0")
+    me = cfg.mesh
+    sizes = {"mesh.data": me.data, "mesh.fsdp": me.fsdp, "mesh.tensor": me.tensor}
+    for k, v in sizes.items():
+        _check(v == -1 or v >= 1, k, v, "must be >= 1 or -1 (inferred)")
+    _check(sum(v == -1 for v in sizes.values()) <= 1, "mesh", sizes, "at most one axis may be -1")
+
+
+def _check_model(m: ModelConfig) -> None:
     for k in ("n_layers", "d_model", "n_heads", "vocab_size", "max_seq_len"):
         _check(getattr(m, k) >= 1, f"model.{k}", getattr(m, k), "must be >= 1")
     _check(
@@ -464,11 +475,17 @@ def validate(cfg: Config) -> None:
     _check(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "must be > 0")
     _check(m.init_std > 0, "model.init_std", m.init_std, "must be > 0")
 
+
+def _check_data(cfg: Config) -> None:
+    """The data keys, and what the source implies for the model and the train windows."""
+    m, d, t = cfg.model, cfg.data, cfg.train
     _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
     _check(d.tokenizer_vocab >= 260, "data.tokenizer_vocab", d.tokenizer_vocab, "must be >= 260")
     if d.max_docs is not None:
         _check(d.max_docs >= 2, "data.max_docs", d.max_docs, "must be >= 2")
-    # The source checks itself (lm.data.sources imports no module that imports this one).
+    # The source checks itself. Lazy and upward (the one import tests/test_layout.py allows
+    # against the layers): lm.data imports lm.config, and lm.data.sources imports nothing
+    # that imports this module back, so there is no cycle.
     from lm.data import sources
 
     try:
@@ -497,6 +514,8 @@ def validate(cfg: Config) -> None:
         f"smaller than the {tok_name} tokenizer's {tok_vocab} tokens",
     )
 
+
+def _check_train(t: TrainConfig, m: ModelConfig) -> None:
     _check(t.seed >= 0, "train.seed", t.seed, "must be >= 0")
     _check(t.lr > 0, "train.lr", t.lr, "must be > 0")
     _check(t.steps >= 1, "train.steps", t.steps, "must be >= 1")
@@ -531,13 +550,6 @@ def validate(cfg: Config) -> None:
     _check(t.sample_every >= 0, "train.sample_every", t.sample_every, "must be >= 0")
     if t.peak_flops is not None:
         _check(t.peak_flops > 0, "train.peak_flops", t.peak_flops, "must be > 0")
-
-    _check(cfg.bigram.add_k > 0, "bigram.add_k", cfg.bigram.add_k, "must be > 0")
-
-    sizes = {"mesh.data": me.data, "mesh.fsdp": me.fsdp, "mesh.tensor": me.tensor}
-    for k, v in sizes.items():
-        _check(v == -1 or v >= 1, k, v, "must be >= 1 or -1 (inferred)")
-    _check(sum(v == -1 for v in sizes.values()) <= 1, "mesh", sizes, "at most one axis may be -1")
 
 
 def _check_path(value: str, key: str) -> Path:
