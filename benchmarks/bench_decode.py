@@ -23,6 +23,7 @@ import numpy as np
 
 from lm.config import PRESETS, ModelConfig
 from lm.inference import sampling
+from lm.inference.request import GREEDY
 from lm.model import transformer
 
 
@@ -82,16 +83,12 @@ def main() -> None:
     cached = {}
     for B in args.batches:
         prompts = rng.integers(0, cfg.vocab_size, (B, args.prompt)).tolist()
-        run = lambda prompts=prompts: sampling.generate(
-            params, cfg, prompts, key, args.new, temperature=0.0
-        )
+        run = lambda prompts=prompts: sampling.generate(params, cfg, prompts, key, args.new, GREEDY)
         cached[B] = report("cached", B, run, args.repeats)
 
     if not args.skip_nocache:
         prompts = rng.integers(0, cfg.vocab_size, (1, args.prompt)).tolist()
-        run = lambda: sampling.generate_nocache(
-            params, cfg, prompts, key, args.new, temperature=0.0
-        )
+        run = lambda: sampling.generate_nocache(params, cfg, prompts, key, args.new, GREEDY)
         base = report("no-cache", 1, run, args.nocache_repeats)
         if 1 in cached:
             print(

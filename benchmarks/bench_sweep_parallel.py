@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lm.scaling import sweep as sweep_lib
+
 ROOT = Path(__file__).resolve().parents[1]
 SHRINK = [
     "budgets=[1.0e11]",
@@ -51,8 +53,6 @@ def cpu_model() -> str:
 
 def tokens_trained(sets: list[str]) -> int:
     """Tokens of every member's own training (a branch counts from its branch step)."""
-    from lm.scaling import sweep as sweep_lib
-
     sw = sweep_lib.load_sweep(ROOT / "configs" / "sweeps" / "cpu-tiny.yaml", sets)
     members = sweep_lib.plan_lr(sw) + sweep_lib.plan(sw)
     return sum((m.cfg.train.steps - (m.branch_step or 0)) * m.cfg.train.batch_size

@@ -151,15 +151,14 @@ class Step(Timed):
         super().__init__()
         self.cfg, t = cfg, cfg.train
         self.dtype = cfg.model.compute_dtype
-        mesh = sharding.make_mesh(cfg.mesh)
-        opt = train.make_optimizer(cfg)
-        self.state = train.create_state(cfg, opt, mesh)
+        lay = train.layout(cfg, sharding.make_mesh(cfg.mesh))
+        self.state = train.create_state(cfg, lay)
         self.steps_per_call = S = t.steps_per_call
-        self.batch_shard = sharding.batch_sharding(mesh, 4, 2)
+        self.batch_shard = sharding.batch_sharding(lay.mesh, 4, 2)
         rng = np.random.default_rng(0)
         host = rng.integers(0, cfg.model.vocab_size, (S, 1, t.batch_size, t.seq_len + 1))
         self.batches = jax.device_put(host.astype(np.int32), self.batch_shard)
-        step = train.make_train_step(cfg, opt, mesh)
+        step = train.make_train_step(cfg, lay)
         t0 = time.perf_counter()
         self.fn = step.lower(self.state, self.batches).compile()
         self.compile_s = time.perf_counter() - t0
@@ -272,14 +271,12 @@ class TorchStep(Timed):
 
 
 def compile_time(cfg: Config) -> float:
-    mesh = sharding.make_mesh(cfg.mesh)
-    opt = train.make_optimizer(cfg)
-    abstract, _ = train.state_specs(cfg, opt, mesh)
+    lay = train.layout(cfg, sharding.make_mesh(cfg.mesh))
     t = cfg.train
     batches = jax.ShapeDtypeStruct((t.steps_per_call, 1, t.batch_size, t.seq_len + 1), np.int32)
-    step = train.make_train_step(cfg, opt, mesh)
+    step = train.make_train_step(cfg, lay)
     t0 = time.perf_counter()
-    step.lower(abstract, batches).compile()
+    step.lower(lay.abstract, batches).compile()
     return time.perf_counter() - t0
 
 

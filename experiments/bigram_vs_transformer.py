@@ -83,6 +83,7 @@ def run(raw: dict, out: Path, print_fn=print) -> dict:
     from lm.data import dataset
     from lm.data.tokenizer import build_tokenizer
     from lm.inference import sampling
+    from lm.inference.request import SamplingParams
     from lm.model import flops
     from lm.training import checkpoint, counting, loop
 
@@ -111,13 +112,15 @@ def run(raw: dict, out: Path, print_fn=print) -> dict:
         if c.kind == "bigram":
             r = counting.train_run(c, run_dir, print_fn=print_fn)
             table = r["table"]
-            new = sampling.generate_bigram(table, ids, key, n_tok, temp, eos_id=tok.eos_id)
+            how = SamplingParams(temperature=temp)
+            new = sampling.generate_bigram(table, ids, key, n_tok, how, eos_id=tok.eos_id)
             row = dict(params=table.size, non_embedding=0, val_loss=r["val_loss"],
                        se=r["val_loss_se"], bpb=r["val_bpb"], curve=[])  # fmt: skip
         else:
             r = loop.train_run(c, run_dir, progress=False, print_fn=print_fn)
             _, params, _ = checkpoint.load_run(run_dir)
-            new = sampling.generate(params, c.model, [ids], key, n_tok, temp, eos_id=tok.eos_id,
+            how = SamplingParams(temperature=temp)
+            new = sampling.generate(params, c.model, [ids], key, n_tok, how, eos_id=tok.eos_id,
                                     pad_id=tok.pad_id)[0]  # fmt: skip
             _, evals = common.metrics(run_dir)
             counts = flops.count_params(c.model)

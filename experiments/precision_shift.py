@@ -22,6 +22,8 @@ import json
 import math
 from pathlib import Path
 
+from lm import config
+
 
 def read_rows(sweep_dir: Path) -> dict[str, dict]:
     with open(sweep_dir / "results.csv", newline="") as f:
@@ -30,8 +32,6 @@ def read_rows(sweep_dir: Path) -> dict[str, dict]:
 
 def dtypes(sweep_dir: Path) -> dict[str, int]:
     """How many of the sweep's runs computed in each dtype (their config.yaml's, as run)."""
-    from lm import config
-
     out: dict[str, int] = {}
     for path in sorted((sweep_dir / "runs").glob("*/config.yaml")):
         dtype = config.read_yaml(path).get("model", {}).get("compute_dtype", "?")

@@ -30,6 +30,7 @@ def run(
 ) -> dict:
     from lm.data import tasks
     from lm.inference import inspection, task_eval
+    from lm.inference.request import GREEDY
     from lm.training import checkpoint, loop
 
     common.quiet()
@@ -65,7 +66,7 @@ def run(
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             explained = inspection.explain(
-                cfg, params, tok, inspect_prompt, 0.0, 0, out / "inspect", 8, stages=True
+                cfg, params, tok, inspect_prompt, GREEDY, 0, out / "inspect", 8, stages=True
             )
         (out / "inspect.txt").write_text(buf.getvalue())
     return {

@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------- what a key may change
 # Field metadata says how a key may differ between two runs; `key_flags` reads it:
 #   resumable  a resumed run directory may change it: it changes how the run goes, not what
-#              it learns (lm.training.loop.check_run_dir refuses a change to any other key);
-#   compiled   a compiled program depends on it: it is part of lm.training.loop.program_key.
+#              it learns (lm.training.rundir.check_run_dir refuses a change to any other key);
+#   compiled   a compiled program depends on it: it is part of lm.training.programs.program_key.
 # A key that says nothing is compiled in and not resumable, the safe side, so a new key needs
 # no entry anywhere to be handled correctly. Metadata on a section's field in `Config` holds
 # for each of its keys, unless the key's own says otherwise.

@@ -1,12 +1,16 @@
-"""Run by tests/test_sharding.py in a fresh process (device count must be set before JAX
-starts): train a tiny model on a given mesh and print its losses as one JSON line."""
+"""Run by tests/training/test_sharding.py in a fresh process, since the number of simulated CPU
+devices is fixed when JAX starts: train a tiny model on a given mesh and print its losses as one
+JSON line."""
 
 import json
 import sys
 
+import chex
+
 
 def main() -> None:
     args = json.loads(sys.argv[1])
+    chex.set_n_cpu_devices(args["devices"])  # before anything starts a jax backend
     import jax
 
     if args.get("coordinator"):

@@ -178,3 +178,18 @@ def write_lr(out: Path, sizes=(2e4, 8e4, 3.2e5), k: float = 0.05, p: float = -0.
     }
     (out / "lr.json").write_text(json.dumps(doc))
     return doc
+
+
+def write_tiny(path: Path) -> Path:
+    """A degenerate sweep directory: four runs, loss *rising* with N; no curves, no seeds, no
+    sweep.json, no N_out or C_6N_out_attn column (a results.csv from before the third
+    convention)."""
+    rows = []
+    for n, nt, out in ((1e4, 2e4, 1.5e4), (4e4, 6e4, 5e4)):
+        for d in (1e5, 4e5):
+            rows.append({"name": f"N{n:g}-D{d:g}", "group": "main", "N": n, "N_total": nt,
+                         "D": d, "C_6N": 6 * n * d, "C_6N_attn": 6.5 * n * d,
+                         "C_6N_out": 6 * out * d, "loss": 3 + n / 1e5 - d / 1e7})  # fmt: skip
+    path.mkdir(parents=True, exist_ok=True)
+    _write_csv(path / "results.csv", rows)
+    return path

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "lm.config": 0,
     "lm.util": 1,
-    "lm.hardware": 1,
+    "lm.hardware": 2,
     "lm.data": 2,
     "lm.model": 3,
     "lm.training": 4,
@@ -100,10 +100,16 @@ class Edge(NamedTuple):
     commented: bool  # a comment on the import's lines or the line above
 
 
-def _commented(lines: list[str], node: ast.stmt) -> bool:
+def _commented(lines: list[str], node: ast.stmt, import_lines: set[int]) -> bool:
+    """A comment on the import's own lines, or on the line above it or above the run of
+    imports it belongs to (one reason may head a block of late imports)."""
     first, last = node.lineno - 1, node.end_lineno - 1
-    above = lines[first - 1].strip() if first > 0 else ""
-    return above.startswith("#") or any("#" in lines[i] for i in range(first, last + 1))
+    if any("#" in lines[i] for i in range(first, last + 1)):
+        return True
+    above = first - 1
+    while above >= 0 and (above in import_lines or not lines[above].strip()):
+        above -= 1
+    return above >= 0 and lines[above].strip().startswith("#")
 
 
 def edges(root: Path, package: str) -> list[Edge]:
@@ -114,7 +120,9 @@ def edges(root: Path, package: str) -> list[Edge]:
         is_pkg = path.name == "__init__.py"
         text = path.read_text(encoding="utf-8")
         lines = text.splitlines()
-        for node, late in _imports(ast.parse(text, filename=str(path))):
+        found = list(_imports(ast.parse(text, filename=str(path))))
+        import_lines = {i for n, _ in found for i in range(n.lineno - 1, n.end_lineno)}
+        for node, late in found:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -129,7 +137,9 @@ def edges(root: Path, package: str) -> list[Edge]:
             for t in targets:
                 dep = _owner(t, modules)
                 if dep is not None and dep != mod:
-                    out.append(Edge(mod, dep, node.lineno, late, _commented(lines, node)))
+                    out.append(
+                        Edge(mod, dep, node.lineno, late, _commented(lines, node, import_lines))
+                    )
     return out
 
 
@@ -220,9 +230,26 @@ def unexplained_late_imports(es: list[Edge]) -> list[str]:
                   "saying why" for e in es if e.late and not e.commented)  # fmt: skip
 
 
+def private_names(root: Path, package: str) -> set[str]:
+    """Every private name `package` defines: module-level functions, classes and assignments,
+    methods and class attributes, and attributes set on self."""
+    out = set()
+    for path in module_names(root, package).values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                out.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                out.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                out.add(node.attr)
+    return {n for n in out if _private(n)}
+
+
 def private_uses(root: Path, package: str, dirs: tuple[str, ...] = ()) -> list[str]:
-    """Uses of another module's private names in `package` and `dirs`: `from m import _x`,
-    `m._x` on an imported module, and `obj._x` on anything but self and cls."""
+    """Uses of another module's private names in `package` and `dirs`: `from m import _x`, and
+    `obj._x` on anything but self and cls where `_x` is a name `package` defines (another
+    library's private API, such as argparse's, is its own business)."""
+    ours = private_names(root, package)
     files = list(module_names(root, package).values())
     files += [p for d in dirs for p in sorted((root / d).rglob("*.py"))]
     out = []
@@ -235,7 +262,7 @@ def private_uses(root: Path, package: str, dirs: tuple[str, ...] = ()) -> list[s
                         for a in node.names if _private(a.name)]  # fmt: skip
             elif (
                 isinstance(node, ast.Attribute)
-                and _private(node.attr)
+                and node.attr in ours
                 and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
             ):
                 out.append(f"{where}:{node.lineno} uses {ast.unparse(node)}")
@@ -400,12 +427,16 @@ def test_late_import_checker_wants_a_comment(tmp_path):
                 "def f():\n    from pkg import a\n\n"
                 "def g():\n    # the reason, above\n    from pkg import a\n\n"
                 "def h():\n    from pkg.a import (  # the reason, on the line\n        X,\n    )\n"
+                "def k():\n    # one reason for the block\n    from pkg import a\n\n"
+                "    import pkg.a\n"
+                "    y = 1\n    from pkg.a import X\n"
                 "from pkg import a\n"  # module level: no comment needed
             ),
         },
     )
     assert unexplained_late_imports(edges(tmp_path, "pkg")) == [
-        "pkg.b:2 imports pkg.a inside a function without a comment saying why"
+        "pkg.b:18 imports pkg.a inside a function without a comment saying why",
+        "pkg.b:2 imports pkg.a inside a function without a comment saying why",
     ]
 
 
@@ -414,17 +445,18 @@ def test_private_name_checker(tmp_path):
         tmp_path,
         {
             "pkg/__init__.py": "",
-            "pkg/a.py": "_hidden = 1\n\nclass T:\n    def f(self):\n        return self._x\n",
+            "pkg/a.py": "_hidden = 1\n\nclass T:\n    def __init__(self):\n        self._x = 0\n",
             "pkg/b.py": (
                 "from pkg.a import _hidden\nfrom pkg import a\n\n"
-                "def f(tok, nt):\n    return a._hidden, tok._sp, nt._replace(x=1), a.__name__\n"
+                "def f(tok, nt, parser):\n"
+                "    return a._hidden, tok._x, nt._replace(x=1), a.__name__, parser._actions\n"
             ),
         },
     )
     assert private_uses(tmp_path, "pkg") == [
         "pkg/b.py:1 imports pkg.a._hidden",
         "pkg/b.py:5 uses a._hidden",
-        "pkg/b.py:5 uses tok._sp",
+        "pkg/b.py:5 uses tok._x",
     ]
 
 

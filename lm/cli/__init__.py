@@ -42,7 +42,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from lm.inference.numpy_runner import ModelFileError
     from lm.interop.hf import HFError
     from lm.training.checkpoint import CheckpointError
-    from lm.training.loop import RunDirError
+    from lm.training.rundir import RunDirError
     from lm.util.dirlock import Busy
 
     return (ConfigError, UsageError, CheckpointError, RunDirError, ModelFileError, Busy,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,13 @@ from lm.cli.common import UsageError
 from lm.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer
 from lm.inference import export
 from lm.inference.load import need_transformer, open_run
-from lm.inference.numpy_runner import (
+from lm.inference.numpy_runner import decoder, read_model_file, stream_text
+from lm.inference.request import (
     DEFAULT_NEW_TOKENS,
     RequestError,
-    decoder,
+    SamplingParams,
+    check_fits,
     new_token_budget,
-    read_model_file,
-    stream_text,
 )
 
 CONTEXT_HELP = (
@@ -54,47 +53,43 @@ def _encode(tok, prompt: str) -> list[int]:
 # ---------------------------------------------------------------- sample
 
 
-def check_sampling(args) -> None:
-    """One line naming the flag for each bad sampling value (before anything is loaded)."""
-    t = args.temperature
-    if not (math.isfinite(t) and t >= 0):
-        raise UsageError(f"--temperature {t}: must be >= 0 (0 means greedy)")
-    if args.top_k is not None and args.top_k < 1:
-        raise UsageError(f"--top-k {args.top_k}: must be >= 1")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise UsageError(f"--top-p {args.top_p}: must be in (0, 1]")
-    if args.min_p is not None and not 0 <= args.min_p < 1:
-        raise UsageError(f"--min-p {args.min_p}: must be in [0, 1)")
+def check_sampling(args) -> SamplingParams:
+    """The flags' SamplingParams; a bad value is one line naming its flag (before anything is
+    loaded), e.g. `--top-p 0.0: must be in (0, 1]`."""
+    try:
+        sp = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p)
+    except RequestError as e:
+        raise UsageError(e.for_flag()) from None
     if args.num_samples < 1:
         raise UsageError(f"--num-samples {args.num_samples}: must be >= 1")
+    return sp
 
 
 def cmd_sample(args) -> int:
-    check_sampling(args)
+    sp = check_sampling(args)
     cfg, tok, load = open_run(args.run)
     prompt = _encode(tok, read_prompt(args))
     limit = None if cfg.kind == "bigram" else cfg.model.max_seq_len
     try:
-        n = new_token_budget(len(prompt), limit, args.max_new_tokens)
+        n = new_token_budget(len(prompt), limit, args.max_new_tokens, bos=True)
     except RequestError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(e.for_flag()) from None
     params = load()
     import jax  # lazy: jax loads only when a command runs
 
     from lm.inference import sampling  # lazy: as jax
 
-    opts = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    opts |= dict(min_p=args.min_p, eos_id=tok.eos_id)
     for i in range(args.num_samples):
         key = jax.random.fold_in(jax.random.PRNGKey(args.seed), i)
         if args.num_samples > 1:
             print(f"{'' if i == 0 else chr(10)}--- sample {i + 1} of {args.num_samples} ---")
         if cfg.kind == "bigram":  # the table samples in one on-device scan; nothing to stream
-            chunks: Any = [sampling.generate_bigram(params["bigram"], prompt, key, n, **opts)]
+            new = sampling.generate_bigram(params["bigram"], prompt, key, n, sp, eos_id=tok.eos_id)
+            chunks: Any = [new]
         else:
-            stream = sampling.stream_generate(
-                params, cfg.model, [prompt], key, n, pad_id=tok.pad_id, chunk_size=8, **opts
-            )
+            stream = sampling.stream_generate(params, cfg.model, [prompt], key, n, sp,
+                                              eos_id=tok.eos_id, pad_id=tok.pad_id,
+                                              chunk_size=8)  # fmt: skip
             chunks = (rows[0] for rows in stream)
         print(args.prompt, end="", flush=True)
         for text in stream_text(decoder(tok), chunks):
@@ -108,22 +103,19 @@ def cmd_sample(args) -> int:
 
 def cmd_inspect(args) -> int:
     args.num_samples = 1
-    check_sampling(args)
+    sp = check_sampling(args)
     cfg, tok, load = open_run(args.run)
     need_transformer(cfg, args.run, "inspect")
     prompt = _encode(tok, read_prompt(args))
-    if len(prompt) > cfg.model.max_seq_len:
-        raise UsageError(
-            f"--prompt is {len(prompt)} tokens (with BOS), more than the model's context "
-            f"(max_seq_len) of {cfg.model.max_seq_len}"
-        )
+    try:
+        check_fits(len(prompt), cfg.model.max_seq_len, prompt="--prompt", bos=True)
+    except RequestError as e:
+        raise UsageError(str(e)) from None
     out = Path(args.out) if args.out else _default_out(args.run, "inspect")
     from lm.inference import inspection  # lazy: jax loads only when a command runs
 
-    inspection.explain(
-        cfg, load(), tok, args.prompt, args.temperature, args.seed, out, args.tokens,
-        stages=args.stages, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-    )  # fmt: skip
+    inspection.explain(cfg, load(), tok, args.prompt, sp, args.seed, out, args.tokens,
+                       stages=args.stages)  # fmt: skip
     return 0
 
 
@@ -196,6 +188,11 @@ def cmd_export(args) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register sample, inspect, embed-sim and export on the `lm` subparsers."""
+    for add in (_add_sample, _add_inspect, _add_embed_sim, _add_export):
+        add(sub)
+
+
+def _add_sample(sub: Any) -> None:
     s = sub.add_parser(
         "sample",
         help="generate text from a trained run, streamed as it is generated",
@@ -222,6 +219,8 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--num-samples", type=int, default=1, help="independent samples (default 1)")
     s.set_defaults(func=cmd_sample)
 
+
+def _add_inspect(sub: Any) -> None:
     i = sub.add_parser(
         "inspect",
         help="walk one next-token prediction step by step, with figures",
@@ -251,6 +250,8 @@ def add_parsers(sub: Any) -> None:
     )
     i.set_defaults(func=cmd_inspect)
 
+
+def _add_embed_sim(sub: Any) -> None:
     e = sub.add_parser(
         "embed-sim",
         help="cosine similarity of words' token embeddings, and a 2-D PCA plot",
@@ -265,6 +266,8 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--json", action="store_true", help="print the numbers as JSON instead")
     e.set_defaults(func=cmd_embed_sim)
 
+
+def _add_export(sub: Any) -> None:
     x = sub.add_parser(
         "export",
         help="write a run as one self-describing model file (safetensors)",

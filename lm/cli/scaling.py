@@ -19,18 +19,14 @@ keys at the top level.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lm.cli.common import UsageError
 from lm.scaling import APPROACHES, DEFAULT_BUDGET_TOL, N_BOOT
-
-if TYPE_CHECKING:
-    from lm.scaling.fit import Runs
+from lm.util.files import atomic_write
 
 
 def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
@@ -90,167 +86,12 @@ def add_fit_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def read_runs(
-    path: Path,
-    n_col: str,
-    d_col: str,
-    loss_col: str,
-    flops_col: str | None,
-    run_col: str | None = None,
-) -> Runs:
-    """Read and validate the CSV; raises FitError with one line naming the file, row, column.
-    `run_col` None means 'name' if the CSV has it; '' means no run labels."""
-    from lm.scaling import fit as F  # lazy: jax loads only when a command runs
-
-    if not path.is_file():
-        raise F.FitError(f"runs file not found: {path}")
-    try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise F.FitError(f"cannot read {path}: {e}") from None
-    if not header:
-        raise F.FitError(f"{path} is empty (no header row)")
-    c_col = flops_col if flops_col is not None else ("C" if "C" in header else None)
-    wanted = [(n_col, "--n-column"), (d_col, "--d-column"), (loss_col, "--loss-column")]
-    if flops_col is not None:
-        wanted.append((flops_col, "--flops-column"))
-    if run_col is None:
-        run_col = "name" if "name" in header else ""
-    elif run_col:
-        wanted.append((run_col, "--run-column"))
-    for col, flag in wanted:
-        if col not in header:
-            raise F.FitError(f"column {col!r} ({flag}) not in {path}; columns: {', '.join(header)}")
-    if not rows:
-        raise F.FitError(f"{path} has a header but no data rows")
-    if "group" in header:
-        # A sweep's results.csv also holds its LR-sweep runs, extra seeds and cosine controls:
-        # other learning rates and repeats of one point, not members of the scaling family.
-        kept = [r for r in rows if (r.get("group") or "").strip() in ("", "main")]
-        if not kept:
-            raise F.FitError(f"{path}: no rows with group 'main' (or empty)")
-        rows = kept
-    cols = [n_col, d_col, loss_col] + ([c_col] if c_col else [])
-    values: dict[str, list[float]] = {c: [] for c in cols}
-    labels: list[str] = []
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
-        row = {(k or "").strip(): v for k, v in row.items()}
-        if run_col:
-            label = (row.get(run_col) or "").strip()
-            if not label:
-                raise F.FitError(f"{path} line {line}, column {run_col!r}: empty run label")
-            labels.append(label)
-        for c in cols:
-            raw = (row.get(c) or "").strip()
-            try:
-                v = float(raw)
-            except ValueError:
-                raise F.FitError(
-                    f"{path} line {line}, column {c!r}: {raw!r} is not a number"
-                ) from None
-            if not (math.isfinite(v) and v > 0):
-                raise F.FitError(
-                    f"{path} line {line}, column {c!r}: {raw} must be a positive finite number"
-                )
-            values[c].append(v)
-    return F.Runs.from_arrays(
-        values[n_col],
-        values[d_col],
-        values[loss_col],
-        values[c_col] if c_col else None,
-        labels if run_col else None,
-    )
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 or v == 0 else f"{v:.4e}"
-    return str(v)
-
-
-def format_table(out: dict[str, Any], params: list[str]) -> str:
-    """The human-readable summary printed after a fit."""
-    lines = [
-        f"approach {out['approach']}: {out['n_points']} points",
-        f"  {out['formula']}",
-        "",
-    ]
-    ci = out.get("ci95") or {}
-    head = f"  {'name':<14} {'value':>12}" + (f"  {'95% CI':>27}" if ci else "")
-    lines += [head, "  " + "-" * (len(head) - 2)]
-    for k in params:
-        row = f"  {k:<14} {_fmt(out.get(k)):>12}"
-        if k in ci:
-            lo, hi = ci[k]
-            row += f"  [{_fmt(lo):>11}, {_fmt(hi):>11}]"
-        lines.append(row)
-    if out.get("bootstrap"):
-        b = out["bootstrap"]
-        lines.append(f"  bootstrap: {b['n_ok']}/{b['n_boot']} resamples, {b['method']}")
-    stats = out.get("stats", {})
-    if "objective" in stats:
-        lines.append(
-            f"  objective {stats['objective']:.6g}; {stats['n_starts_at_best']}/"
-            f"{stats['n_starts']} starts reached it; rms log residual "
-            f"{stats['rms_log_residual']:.4g}"
-        )
-    if "smoothing" in stats:
-        lines.append(f"  {stats['n_runs']} runs; smoothing: {stats['smoothing']}")
-    if out.get("budgets"):
-        lines += ["", f"  {'C':>11} {'N_opt':>11} {'D_opt':>11} {'L_opt':>8} sizes window"]
-        for m in out["budgets"]:
-            lines.append(
-                f"  {m['C']:>11.4e} {m['N_opt']:>11.4e} {m['D_opt']:>11.4e} "
-                f"{m['L_opt']:>8.4f} {m['n_sizes']:>5} {m['n_sizes_used']:>6}"
-            )
-        for d in out.get("dropped_budgets", []):
-            lines.append(f"  dropped budget C={d['C']:.4e}: {d['reason']}")
-    ex = out.get("extrapolation")
-    if ex:
-        if "rel_error" in ex:
-            err = f"rel error {ex['rel_error']:+.3%}"
-        elif "mean_abs_rel_error" in ex:
-            err = (
-                f"mean |rel error| {ex['mean_abs_rel_error']:.3%}, "
-                f"max {ex['max_abs_rel_error']:.3%}"
-            )
-        else:
-            err = ex.get("note", "")
-        lines += [
-            "",
-            f"  extrapolation: fit without the largest budget (C={ex['held_out_C']:.4e}), "
-            f"predict {ex['target']}: {err}",
-        ]
-    return "\n".join(lines)
-
-
-def approach2_json(out: dict[str, Any]) -> dict[str, Any]:
-    """Approach 2's output: the exponents, their intervals and which budgets were used first,
-    then everything else the fit reports."""
-    head: dict[str, Any] = {"a": out["a"], "b": out["b"]}
-    if "ci95" in out:
-        head["ci95"] = out["ci95"]
-    head["budgets_used"] = len(out.get("budgets", []))
-    head["budgets_dropped"] = [
-        {"C": d["C"], "reason": d["reason"], **d} for d in out.get("dropped_budgets", [])
-    ]
-    rest = {k: v for k, v in out.items() if k not in head and k != "dropped_budgets"}
-    return {**head, **rest}
-
-
 def run_fit(args: argparse.Namespace) -> int:
     """Read, fit, write JSON, print the table. Returns 0, or 2 on bad input."""
     from lm.scaling import fit as F  # lazy: jax loads only when a command runs
 
     try:
-        runs = read_runs(
+        runs = F.read_runs(
             args.runs,
             args.n_column,
             args.d_column,
@@ -280,14 +121,14 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = result.to_json()
-    doc = {"approach2": approach2_json(out)} if result.approach == "2" else out
+    doc = {"approach2": F.approach2_json(out)} if result.approach == "2" else out
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        atomic_write(args.out, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     except OSError as e:
         print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(format_table(out, list(result.params)))
+    print(F.format_table(out, list(result.params)))
     print(f"\nwrote {args.out}")
     return 0
 
@@ -312,10 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     add_fit_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -345,3 +182,7 @@ def add_plot_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.set_defaults(func=cmd_plot)
     return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

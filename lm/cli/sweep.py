@@ -25,7 +25,7 @@ def cmd_plan(args) -> int:
 def cmd_run(args) -> int:
     # lazy: jax loads only when a command runs
     from lm.scaling import report, workers
-    from lm.scaling import sweep as sweep_lib
+    from lm.scaling import sweep as sweep_lib  # lazy, as above
 
     sweep = sweep_lib.load_sweep(args.file, args.set)
     try:

@@ -14,6 +14,7 @@ from lm.cli.common import (
     init_distributed,
     load_config,
 )
+from lm.inference.request import SamplingParams
 
 
 def cmd_train(args) -> int:
@@ -94,7 +95,8 @@ def _print_sample(cfg, params, tok, args) -> None:
     n = min(args.sample_tokens, cfg.model.max_seq_len - len(prompt))
     out = sampling.generate(
         params, cfg.model, [prompt], jax.random.PRNGKey(cfg.train.seed), max_new_tokens=n,
-        temperature=args.temperature, eos_id=tok.eos_id, pad_id=tok.pad_id,
+        sp=SamplingParams(temperature=args.temperature), eos_id=tok.eos_id,
+        pad_id=tok.pad_id,
     )[0]  # fmt: skip
     print(f"--- sample (temperature {args.temperature}, {len(out)} tokens) ---")
     print(args.prompt + tok.decode(out))
@@ -109,7 +111,7 @@ def _print_bigram_sample(cfg, table, tok, args) -> None:
     prompt = [tok.bos_id, *tok.encode(args.prompt)]
     new = sampling.generate_bigram(
         table, prompt, jax.random.PRNGKey(cfg.train.seed), args.sample_tokens,
-        temperature=args.temperature, eos_id=tok.eos_id,
+        SamplingParams(temperature=args.temperature), eos_id=tok.eos_id,
     )  # fmt: skip
     print(f"--- bigram sample (temperature {args.temperature}) ---")
     print(args.prompt + tok.decode(new))

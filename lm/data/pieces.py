@@ -22,11 +22,13 @@ import json
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from lm.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer
+
 SPACE = "\u2581"
 
 
 @functools.cache
-def _byte_level_alphabet() -> dict[str, int]:
+def byte_level_alphabet() -> dict[str, int]:
     """Byte-level BPE's stand-in characters -> bytes.
 
     The scheme (used by GPT-2 and its descendants' tokenizer.json files): bytes that are
@@ -54,19 +56,10 @@ def _hex_byte(piece: str) -> int | None:
     return None
 
 
-def _hf_json_info(tok) -> tuple[bool, set[int]]:
-    """(byte_level, special ids) of an imported tokenizer.json (cached on the tokenizer)."""
-    cached = getattr(tok, "_pieces_info", None)
-    if cached is None:
-        spec = json.loads(tok.spec["data"])
-        special = {t["id"] for t in spec.get("added_tokens") or [] if t.get("special")}
-        parts = json.dumps([spec.get("decoder"), spec.get("pre_tokenizer")])
-        cached = ('"ByteLevel"' in parts, special)
-        try:
-            tok._pieces_info = cached
-        except AttributeError:  # a tokenizer with __slots__: recompute each time
-            pass
-    return cached
+def _byte_level(tok: HFTokenizer) -> bool:
+    """Whether an imported tokenizer.json spells bytes in byte-level BPE's alphabet."""
+    spec = tok.tokenizer_json
+    return '"ByteLevel"' in json.dumps([spec.get("decoder"), spec.get("pre_tokenizer")])
 
 
 def _sp_bytes(sp, i: int) -> bytes | None:
@@ -81,27 +74,27 @@ def _sp_bytes(sp, i: int) -> bytes | None:
 def token_bytes(tok, ids: Iterable[int]) -> list[bytes | None]:
     """The UTF-8 bytes each id contributes to decoded text; None for a special token (BOS,
     EOS, pad, a control piece) and for ids past the tokenizer's vocabulary."""
-    from lm.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer
-
     out: list[bytes | None] = []
+    byte_level = None  # an imported tokenizer.json's, read at its first id
     for i in (int(x) for x in ids):
         if not 0 <= i < tok.vocab_size or i in (tok.bos_id, tok.eos_id, tok.pad_id):
             out.append(None)
         elif isinstance(tok, ByteTokenizer):
             out.append(bytes([i]) if i < 256 else None)
         elif isinstance(tok, SentencePieceTokenizer):
-            out.append(_sp_bytes(tok._sp, i))
+            out.append(_sp_bytes(tok.processor, i))
         elif isinstance(tok, HFTokenizer) and tok.backend == "sentencepiece":
-            out.append(_sp_bytes(tok._sp, i))
+            out.append(_sp_bytes(tok.processor, i))
         elif isinstance(tok, HFTokenizer):
-            byte_level, special = _hf_json_info(tok)
+            if byte_level is None:
+                byte_level = _byte_level(tok)
             piece = tok.pieces([i])[0]
-            if i in special or piece is None:
+            if i in tok.special_ids or piece is None:
                 out.append(None)
             elif _hex_byte(piece) is not None:
                 out.append(bytes([_hex_byte(piece)]))
             elif byte_level:
-                table = _byte_level_alphabet()
+                table = byte_level_alphabet()
                 if all(c in table for c in piece):
                     out.append(bytes(table[c] for c in piece))
                 else:  # an added, non-special token: its text as written

@@ -214,7 +214,8 @@ class TaskSource(Source):
 # ---------------------------------------------------------------- resolving
 
 
-_KINDS: dict[str, Callable[[DataConfig], Source]] = {
+# data.source name, or scheme ending in ":", -> what builds its Source; grown by `register`.
+KINDS: dict[str, Callable[[DataConfig], Source]] = {
     "stdlib": StdlibSource,
     "hf:": HFSource,
     tasks.PREFIX: TaskSource,
@@ -227,9 +228,9 @@ def register(name: str, factory: Callable[[DataConfig], Source], replace: bool =
     for every data.source that starts with it. Anything unregistered is a path."""
     if not name or any(c.isspace() for c in name):
         raise ValueError(f"source name {name!r}: must be non-empty, without spaces")
-    if name in _KINDS and not replace:
-        raise ValueError(f"source name {name!r}: already registered ({_KINDS[name]!r})")
-    _KINDS[name] = factory
+    if name in KINDS and not replace:
+        raise ValueError(f"source name {name!r}: already registered ({KINDS[name]!r})")
+    KINDS[name] = factory
 
 
 def source_for(cfg: DataConfig) -> Source:
@@ -237,10 +238,10 @@ def source_for(cfg: DataConfig) -> Source:
     starts with, else a file, directory or glob. Raises a one-line ValueError naming
     data.source for a source its kind cannot be (an unknown task); `check()` does the rest."""
     src = cfg.source
-    factory = _KINDS.get(src)
+    factory = KINDS.get(src)
     if factory is None:
-        schemes = [k for k in _KINDS if k.endswith(":") and src.startswith(k)]
-        factory = _KINDS[max(schemes, key=len)] if schemes else FileSource
+        schemes = [k for k in KINDS if k.endswith(":") and src.startswith(k)]
+        factory = KINDS[max(schemes, key=len)] if schemes else FileSource
     return factory(cfg)
 
 
@@ -272,6 +273,7 @@ def corpus_fingerprint(cfg: DataConfig) -> str:
 
 
 __all__ = [
+    "KINDS",
     "FileSource",
     "HFSource",
     "Source",

@@ -11,11 +11,11 @@ tokenizer to disk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -25,6 +25,7 @@ import numpy as np
 from lm.data import sources
 from lm.data.corpus import doc_hash, is_val
 from lm.data.tasks import SymbolTokenizer
+from lm.util.files import atomic_write
 
 if TYPE_CHECKING:
     from lm.config import DataConfig
@@ -185,6 +186,11 @@ class SentencePieceTokenizer:
         return self._proto
 
     @property
+    def processor(self):
+        """The live SentencePieceProcessor, for reading its piece table (lm.data.pieces)."""
+        return self._sp
+
+    @property
     def identity(self) -> str:
         return "sp-" + hashlib.blake2b(self._proto, digest_size=8).hexdigest()
 
@@ -253,7 +259,7 @@ class SentencePieceTokenizer:
         return (SentencePieceTokenizer, (self._proto,))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SentencePieceTokenizer) and other._proto == self._proto
+        return isinstance(other, SentencePieceTokenizer) and other.proto == self._proto
 
     def __hash__(self) -> int:
         return hash(self.identity)
@@ -398,6 +404,28 @@ class HFTokenizer:
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
 
     @property
+    def processor(self):
+        """The live SentencePieceProcessor of the "sentencepiece" backend, for reading its
+        piece table (lm.data.pieces)."""
+        if self.backend != "sentencepiece":
+            raise ValueError(f"a {self.backend!r} tokenizer has no sentencepiece processor")
+        return self._sp
+
+    @functools.cached_property
+    def tokenizer_json(self) -> dict:
+        """The "tokenizers" backend's tokenizer.json, parsed once: it can be megabytes, and
+        lm.data.pieces reads it for each token it shows."""
+        if self.backend != "tokenizers":
+            raise ValueError(f"a {self.backend!r} tokenizer has no tokenizer.json")
+        return json.loads(self._data)
+
+    @functools.cached_property
+    def special_ids(self) -> frozenset[int]:
+        """The ids of the tokenizer.json's special added tokens ("tokenizers" backend)."""
+        added = self.tokenizer_json.get("added_tokens") or []
+        return frozenset(t["id"] for t in added if t.get("special"))
+
+    @property
     def spec(self) -> dict:
         data = self._data
         if self.backend == "sentencepiece":
@@ -464,10 +492,9 @@ class HFTokenizer:
                 elif not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)):
                     tb[i] = len(sp.id_to_piece(i).replace(SPACE, " ").encode("utf-8"))
             return tb
-        spec = json.loads(self._data)
-        special = {t["id"] for t in spec.get("added_tokens") or [] if t.get("special")}
+        special = self.special_ids
         # Byte-level BPE (GPT-2) spells each byte as one printable character.
-        byte_level = '"ByteLevel"' in json.dumps(spec.get("decoder"))
+        byte_level = '"ByteLevel"' in json.dumps(self.tokenizer_json.get("decoder"))
         for i in range(self.vocab_size):
             piece = self._tk.id_to_token(i)
             if i in special or piece is None:
@@ -496,12 +523,6 @@ class HFTokenizer:
 # ---------------------------------------------------------------- saving and loading
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
     """Write `tokenizer.model` or `tokenizer.json` into `directory`; returns the file."""
     d = Path(directory).expanduser()
@@ -514,7 +535,7 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> Path:
         path, other, data = d / BYTE_FILE, d / SP_FILE, json.dumps(tok.spec).encode()
     else:
         raise TypeError(f"cannot save a {type(tok).__name__}")
-    _write_atomic(path, data)
+    atomic_write(path, data)
     other.unlink(missing_ok=True)  # one tokenizer file per directory, never two that disagree
     return path
 
@@ -551,7 +572,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
 # ---------------------------------------------------------------- from a config
 
 
-def _tokenizer_sample(cfg: DataConfig) -> list[str]:
+def tokenizer_sample(cfg: DataConfig) -> list[str]:
     """About cfg.tokenizer_sample_bytes of training-split text, spread over the corpus.
 
     Documents are taken in order of a hash of their id (a bottom-k sample), so the sample is
@@ -608,7 +629,7 @@ def build_tokenizer(cfg: DataConfig) -> Tokenizer:
     )
     if (d / SP_FILE).is_file():
         return load_tokenizer(d)
-    docs = _tokenizer_sample(cfg)
+    docs = tokenizer_sample(cfg)
     if not docs:
         raise ValueError(f"data.source={cfg.source!r}: no training documents to fit a tokenizer on")
     tok = train_sentencepiece(docs, cfg.tokenizer_vocab, cfg.tokenizer)
@@ -626,5 +647,6 @@ __all__ = [
     "build_tokenizer",
     "load_tokenizer",
     "save_tokenizer",
+    "tokenizer_sample",
     "train_sentencepiece",
 ]

@@ -21,6 +21,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from lm.util.files import atomic_write
+
 PRECISIONS = ("float32", "bf16_f32acc")
 # /proc/cpuinfo flags that decide matmul speed: x86 vector widths and bfloat16 instructions
 # (AVX512-BF16 dot products, AMX tiles), and aarch64's BF16 extension.
@@ -121,9 +123,7 @@ def _table(path: Path) -> dict[str, float]:
 
 def _write(path: Path, table: dict[str, float]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(table, indent=1))
 
 
 def peak_flops(cache_dir: str | Path = "~/.cache/lm", precision: str | None = None) -> float:

@@ -10,10 +10,10 @@ has the same shapes, so nothing recompiles as requests come and go.
 The device side is pure functions over explicit state (`Slots`), jit-compiled:
   * `admit(params, slots, rows, tokens, lens, keys, temperature, top_k, top_p, min_p)`
     prefills new prompts (right-padded to a power of two >= 16; a row equal to B is padding,
-    which the scatters drop) through `sampling._forward_cached`, writes their keys/values
+    which the scatters drop) through `sampling.prefill_last`, writes their keys/values
     into their slots' cache rows, and draws each one's first token.
   * `decode(params, slots, steps=k, rows=R, span=W)` runs k decode steps for the first R
-    slots in one on-device `lax.scan` over `sampling._decode_forward` (the single-token step
+    slots in one on-device `lax.scan` over `sampling.decode_forward` (the single-token step
     `generate` uses), reading only the first W cache positions. A step reads all the cache
     it is given, so R and W (powers of two covering the busy slots, which are packed at the
     front, and their positions) are what keep one busy slot in a 32-slot engine as fast as
@@ -27,6 +27,7 @@ The host side is `Engine`: a bounded waiting queue, the slot table, and `step()`
 admits waiting sequences into free slots, runs one decode chunk and hands each sequence its
 new tokens through its `feed` callback (which may end it early, e.g. at a stop string).
 `Engine.start()` runs `step()` on a background thread for a server; tests call it directly.
+A sequence's sampling is a `SamplingParams` (lm.inference.request), checked when it was made.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ import numpy as np
 
 from lm.config import ModelConfig
 from lm.hardware import precision
-from lm.inference import sampling
+from lm.inference import request, sampling
+from lm.inference.request import SamplingParams
 from lm.model import transformer
 
 MAX_TOP_LOGPROBS = 20  # the most alternatives a request may ask for (OpenAI's limit)
@@ -175,7 +177,7 @@ def decode(params, slots: Slots, *, cfg: ModelConfig, steps: int, n_top: int,
         # a slot past its sequence's end keeps stepping until the boundary; clamping keeps
         # its writes inside its own row and the span (the host never reads them)
         pos_B = jnp.minimum(s.pos_B, last)
-        logits_BV, cache = sampling._decode_forward(params, cfg, s.tok_B, pos_B, cache, span)
+        logits_BV, cache = sampling.decode_forward(params, cfg, s.tok_B, pos_B, cache, span)
         d = draw_rows(logits_BV, s.key_B, s.t_B, s.temperature_B, s.top_k_B, s.top_p_B,
                       s.min_p_B, n_top)  # fmt: skip
         s = s._replace(tok_B=d.tok_B, pos_B=s.pos_B + 1, t_B=s.t_B + 1)
@@ -233,20 +235,10 @@ class EngineStopped(RuntimeError):
     """The engine is shutting down or has failed (a server answers 503)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """One sequence's sampling settings (None: that filter is off)."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    top_logprobs: int = 0  # alternatives to report per token, 0..MAX_TOP_LOGPROBS
-
-
 @dataclasses.dataclass
 class Sequence:
-    """One generation: a prompt (ids, BOS included), a budget, and where tokens go.
+    """One generation: a prompt (ids, BOS included), a budget, how to sample, and where
+    tokens go.
 
     `feed(tokens, logprobs, tops)` is called on the engine's thread with each batch of new
     tokens (tops: per token, [(id, logprob)] of the top `top_logprobs`) and returns True to
@@ -257,10 +249,11 @@ class Sequence:
     prompt: list[int]
     max_new: int
     key: Any  # a raw jax PRNG key, uint32 [2] (jax.random.PRNGKey)
-    settings: Settings
+    sampling: SamplingParams
     feed: Callable[[list[int], list[float], list[list[tuple[int, float]]]], bool]
     finish: Callable[[str], None]
     eos_id: int | None = None
+    top_logprobs: int = 0  # alternatives to report per token, 0..MAX_TOP_LOGPROBS
     cancelled: bool = False
     generated: int = 0
     id: int = dataclasses.field(default_factory=itertools.count().__next__)
@@ -294,18 +287,14 @@ class Engine:
     # -------------------------------------------------------- submitting
 
     def check(self, seq: Sequence) -> None:
-        """Raise ValueError (one line) when the sequence cannot run on this model."""
-        S, V = self.cfg.max_seq_len, self.cfg.vocab_size
-        if not seq.prompt or min(seq.prompt) < 0 or max(seq.prompt) >= V:
-            raise ValueError(f"prompt: needs at least one token, ids in [0, {V})")
-        if seq.max_new < 1 or len(seq.prompt) + seq.max_new > S:
-            raise ValueError(
-                f"prompt {len(seq.prompt)} tokens + max_new {seq.max_new} exceeds the "
-                f"context of {S} tokens"
-            )
-        sampling.validate_sampling(seq.settings.temperature, seq.settings.top_k,
-                                   seq.settings.top_p, seq.settings.min_p)  # fmt: skip
-        if not 0 <= seq.settings.top_logprobs <= MAX_TOP_LOGPROBS:
+        """Raise ValueError (one line) when the sequence cannot run on this model (its
+        SamplingParams were checked when they were made)."""
+        if not isinstance(seq.sampling, SamplingParams):
+            raise TypeError(f"sampling: a SamplingParams, not a {type(seq.sampling).__name__}")
+        request.check_prompt(seq.prompt, self.cfg.vocab_size)
+        request.new_token_budget(len(seq.prompt), self.cfg.max_seq_len, seq.max_new,
+                                 field="max_new")  # fmt: skip
+        if not 0 <= seq.top_logprobs <= MAX_TOP_LOGPROBS:
             raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
 
     def submit(self, seqs: list[Sequence]) -> None:
@@ -344,7 +333,7 @@ class Engine:
 
     def _n_top(self) -> int:
         return MAX_TOP_LOGPROBS if any(
-            s is not None and s.settings.top_logprobs for s in self.active
+            s is not None and s.top_logprobs for s in self.active
         ) else 0  # fmt: skip
 
     def _deliver(self, b: int, toks, lps, top_ids, top_lps) -> None:
@@ -357,7 +346,7 @@ class Engine:
         if seq.eos_id is not None and seq.eos_id in toks:
             cut = toks.index(seq.eos_id) + 1
             toks, lps, reason = toks[:cut], lps[:cut], "stop"
-        n = seq.settings.top_logprobs
+        n = seq.top_logprobs
         tops = [
             list(zip(map(int, top_ids[j][:n]), map(float, top_lps[j][:n]), strict=True))
             for j in range(len(toks))
@@ -415,7 +404,7 @@ class Engine:
             self._admit_one(b, seq)
 
     def _admit_one(self, b: int, seq: Sequence) -> None:
-        st, V = seq.settings, self.cfg.vocab_size
+        sp, V = seq.sampling, self.cfg.vocab_size
         P = prompt_bucket(len(seq.prompt), self.cfg.max_seq_len)
         tokens = np.full((1, P), self.pad_id, np.int32)
         tokens[0, : len(seq.prompt)] = seq.prompt
@@ -423,10 +412,10 @@ class Engine:
         self.slots, d = admit(
             self.params, self.slots, np.asarray([b], np.int32), tokens,
             np.asarray([len(seq.prompt)], np.int32), np.asarray(seq.key, np.uint32)[None],
-            f32(st.temperature), np.asarray([V if st.top_k is None else min(st.top_k, V)],
-            np.int32), f32(1.0 if st.top_p is None else st.top_p),
-            f32(0.0 if st.min_p is None else st.min_p), cfg=self.cfg,
-            n_top=MAX_TOP_LOGPROBS if st.top_logprobs else 0,
+            f32(sp.temperature), np.asarray([V if sp.top_k is None else min(sp.top_k, V)],
+            np.int32), f32(1.0 if sp.top_p is None else sp.top_p),
+            f32(0.0 if sp.min_p is None else sp.min_p), cfg=self.cfg,
+            n_top=MAX_TOP_LOGPROBS if seq.top_logprobs else 0,
         )  # fmt: skip
         toks, lps, top_ids, top_lps = jax.device_get(d)
         self.stats["admitted"] += 1
@@ -511,9 +500,16 @@ class Engine:
                 self.waiting.popleft().finish("cancelled")
 
     def start(self) -> Engine:
-        self._thread = threading.Thread(target=self._loop, name="lm-engine", daemon=True)
-        self._thread.start()
+        """Run steps on a background thread until `stop()`; a second call does nothing."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lm-engine", daemon=True)
+            self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """The background thread is alive (`start` was called and the loop has not ended)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self.lock:

@@ -3,10 +3,11 @@
 `export(run_dir, out_path)` writes it, `load(path)` reads it back for JAX, and
 `python -m lm.inference.numpy_runner model.lm "prompt"` runs it with numpy alone. The format is
 safetensors (no pickle, nothing in it ever runs); `lm.inference.numpy_runner` documents the
-layout and holds the one reader, which checks every size and offset before touching the data,
-every weight's shape against the config, and a SHA-256 digest of the metadata and weights, so a
-truncated, corrupted (down to one flipped bit) or foreign file fails with one `ModelFileError`
-line.
+layout and holds the one reader (its header through `lm.util.tensorfile`), which checks every
+size and offset before touching the data, every weight's shape against the config, and a SHA-256
+digest of the metadata and weights, so a truncated, corrupted (down to one flipped bit) or
+foreign file fails with one `ModelFileError` line. The file is written with
+`lm.util.files.atomic_write`: a reader never sees half of it.
 
 Weights are stored as float32 whatever the run's param_dtype (bfloat16 converts exactly, and
 numpy has no bfloat16); `load` casts them back. Bigram runs (kind: bigram) export their
@@ -17,15 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 
 from lm import config as config_lib
-from lm.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
+from lm.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, load_tokenizer
 from lm.inference.numpy_runner import (
     FORMAT,
     VERSION,
@@ -34,37 +34,19 @@ from lm.inference.numpy_runner import (
     make_tokenizer,
     read_model_file,
 )
+from lm.model import bigram
+from lm.util.files import atomic_write
 
-__all__ = ["ModelFileError", "export", "flatten", "load", "save", "unflatten"]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"layers": {"wq": a}} -> {"layers.wq": a}."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out |= flatten(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, v in flat.items():
-        *path, leaf = name.split(".")
-        node = out
-        for p in path:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return out
+__all__ = ["ModelFileError", "export", "load", "save"]
 
 
 def save(out_path: str | Path, cfg: config_lib.Config, params: dict[str, Any], tok) -> Path:
-    """Write one model file from in-memory pieces. For a bigram, params is {"bigram": table}."""
-    import safetensors.numpy
+    """Write one model file from in-memory pieces. For a bigram, params is {"bigram": table}.
+    Weights are named by their path in params ("layers.wq")."""
+    from flax.traverse_util import flatten_dict  # lazy: flax loads jax (1+ s), as `load` says
 
-    tensors = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    flat = flatten_dict(params, sep=".")
+    tensors = {k: np.asarray(v, np.float32) for k, v in flat.items()}
     if cfg.kind == "bigram":  # its table is [V, V] for the tokenizer's V; record that V
         V = tensors["bigram"].shape[0]
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=V))
@@ -84,16 +66,12 @@ def save(out_path: str | Path, cfg: config_lib.Config, params: dict[str, Any], t
     meta["sha256"] = digest(meta, tensors)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(safetensors.numpy.save(tensors, metadata=meta))
-    os.replace(tmp, out)  # a reader never sees half a file
-    return out
+    return atomic_write(out, safetensors.numpy.save(tensors, metadata=meta))
 
 
 def export(run_dir: str | Path, out_path: str | Path) -> Path:
     """Write a run directory's latest checkpoint (or bigram table) as one model file."""
-    from lm.data.tokenizer import load_tokenizer
-    from lm.training import checkpoint
+    from lm.training import checkpoint  # lazy: orbax loads only to export a run directory
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / checkpoint.CONFIG_FILE
@@ -101,8 +79,6 @@ def export(run_dir: str | Path, out_path: str | Path) -> Path:
         raise FileNotFoundError(f"{run_dir}: not a run directory (no {checkpoint.CONFIG_FILE})")
     cfg = config_lib.load(cfg_path)
     if cfg.kind == "bigram":
-        from lm.model import bigram
-
         if not (run_dir / bigram.TABLE_FILE).is_file():
             raise FileNotFoundError(f"{run_dir}: no {bigram.TABLE_FILE} yet (train it first)")
         return save(out_path, cfg, {"bigram": bigram.load(run_dir)}, load_tokenizer(run_dir))
@@ -114,7 +90,9 @@ def load(path: str | Path):
     """(config, params, tokenizer) from a model file; params as lm.model.transformer expects them
     (for a bigram: {"bigram": table}). Raises ModelFileError (one line) on any bad file."""
     meta, tensors = read_model_file(path)
-    import jax.numpy as jnp  # after the checks: a bad file fails fast
+    # after the checks: a bad file fails fast, before jax loads (flax imports it)
+    import jax.numpy as jnp
+    from flax.traverse_util import unflatten_dict
 
     try:
         cfg = config_lib.from_dict(meta["config"])
@@ -125,4 +103,4 @@ def load(path: str | Path):
     tok = make_tokenizer(meta, tensors)
     dtype = jnp.float32 if cfg.kind == "bigram" else jnp.dtype(cfg.model.param_dtype)
     flat = {k: jnp.asarray(v, dtype) for k, v in tensors.items() if k != "tokenizer.proto"}
-    return cfg, unflatten(flat), tok
+    return cfg, unflatten_dict(flat, sep="."), tok

@@ -35,11 +35,13 @@ import numpy as np
 from lm.config import Config, ModelConfig
 from lm.data import pieces as pieces_lib
 from lm.inference import sampling
+from lm.inference.request import GREEDY, SamplingParams, check_fits
 from lm.model import transformer
 from lm.util import fonts
 
 TOP = 10  # next tokens shown
 SHOW = 8  # vector entries shown
+INSPECT_SAMPLING = SamplingParams(temperature=0.8)  # `lm inspect`'s default sampled choice
 
 
 def recorded_forward(
@@ -196,41 +198,64 @@ def explain(
     params,
     tok,
     prompt: str,
-    temperature: float = 0.8,
+    sp: SamplingParams = INSPECT_SAMPLING,
     seed: int = 0,
     out_dir: str | Path | None = None,
     continuation_tokens: int = 40,
     print_fn=print,
     stages: bool = False,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
 ) -> dict[str, Any]:
     """Walk one next-token prediction for `prompt`, printing each step; returns the numbers.
     PNGs go to out_dir (None: no figures). Raises ValueError if the prompt does not fit.
-    The sampled token is drawn at `temperature` after the top_k / top_p / min_p filters.
-    `stages`: also section 6, every stage of every layer over the prompt and its greedy
-    continuation (`explain_stages`)."""
+    The sampled token is drawn as `sp` says (temperature, then the top_k / top_p / min_p
+    filters). `stages`: also section 6, every stage of every layer over the prompt and its
+    greedy continuation (`explain_stages`)."""
     m = cfg.model
     tokens = [tok.bos_id, *tok.encode(prompt)]
     T = len(tokens)
-    if T > m.max_seq_len:
-        raise ValueError(
-            f"prompt is {T} tokens (with BOS), more than the model's context (max_seq_len) "
-            f"of {m.max_seq_len}"
-        )
+    check_fits(T, m.max_seq_len, bos=True)
     pieces = [piece(tok, i) for i in tokens]
     labels = pieces_lib.labels(tok, tokens)  # what each token reads as (see lm.data.pieces)
     out = Path(out_dir) if out_dir is not None else None
     rec = recorded_forward(params, m, tokens)
-    pngs: list[str] = []
     say = print_fn
 
     say(f"== 1. tokens: {prompt!r} is {T} tokens (BOS first) ==")
     say(f"{'pos':>5} {'id':>6}  {'text':<12} piece (the tokenizer's own spelling)")
     for t, (i, lab, p) in enumerate(zip(tokens, labels, pieces, strict=True)):
         say(f"{t:>5} {i:>6}  {lab:<12} {p}")
+    embed = _say_embedding(say, params, m, rec, tokens, pieces)
+    norms, pngs = _say_layers(say, m, rec, labels, out)
+    top, probs, top_png = _say_logits(say, m, tok, tokens, rec["logits"], out)
+    pngs += top_png
 
+    say("\n== 5. choosing the next token ==")
+    c = _choose(params, m, tok, tokens, rec["logits"][-1], probs, sp, seed, continuation_tokens)
+    for line in c.pop("lines"):
+        say(line)
+    staged = None
+    if stages:
+        staged = explain_stages(cfg, params, tok, tokens, continuation_tokens, out, say)
+        pngs += staged["pngs"]
+    return {
+        "stages": staged,
+        "tokens": tokens,
+        "pieces": pieces,
+        "embed_shape": list(embed.shape),
+        "first_vector": embed[tokens[0]].tolist(),
+        "layer_shapes": [list(x.shape) for x in rec["layers"]],
+        "layer_norms": norms.tolist(),
+        "attention_shape": list(rec["attention"].shape),
+        "logits_shape": list(rec["logits"].shape),
+        "top": top,
+        "labels": labels,
+        **c,
+        "pngs": pngs,
+    }
+
+
+def _say_embedding(say, params, m: ModelConfig, rec, tokens, pieces) -> np.ndarray:
+    """Section 2: the embedding lookup. Returns the embedding matrix [V, D]."""
     embed = np.asarray(params["embed"], np.float32)
     say("\n== 2. embedding lookup ==")
     say(f"embed is [V={embed.shape[0]}, D={embed.shape[1]}]: one row of numbers per token id")
@@ -243,11 +268,17 @@ def explain(
     else:
         say("positions: rotary (RoPE); nothing is added here, queries and keys are rotated by")
         say("their position inside every attention layer")
-    say(f"x is [T={T}, D={m.d_model}], the residual stream that every layer adds to")
+    say(f"x is [T={len(tokens)}, D={m.d_model}], the residual stream that every layer adds to")
+    return embed
 
+
+def _say_layers(say, m: ModelConfig, rec, labels, out: Path | None):
+    """Section 3: each layer's output norms and where the last position attends; the
+    attention heatmaps. Returns (|x| per layer and position [L, T], PNG paths)."""
     say("\n== 3. through the layers ==")
     say(f"each layer: x += attention(norm(x)); x += mlp(norm(x)); {m.n_heads} heads per layer")
     norms = np.linalg.norm(rec["layers"], axis=-1)  # [L, T]
+    pngs = []
     for layer in range(m.n_layers):
         w_NTS = rec["attention"][layer]
         say(f"layer {layer}: out {list(rec['layers'][layer].shape)}, |x| per position: "
@@ -258,8 +289,13 @@ def explain(
             pngs.append(plot_attention(w_NTS, labels, layer, out / f"attention_layer{layer}.png"))
     if out is not None:
         say(f"attention heatmaps: {out}/attention_layer*.png")
+    return norms, pngs
 
-    logits = rec["logits"]
+
+def _say_logits(say, m: ModelConfig, tok, tokens, logits, out: Path | None):
+    """Section 4: the last position's logits and the top next tokens (a table and a chart).
+    Returns (the top rows, the softmax of the last logits [V], PNG paths)."""
+    T = len(tokens)
     last = logits[-1].astype(np.float64)
     probs = np.exp(last - last.max())
     probs /= probs.sum()
@@ -283,67 +319,42 @@ def explain(
         say(f"{r:>5} {row['id']:>6} {row['prob']:>7.4f} {row['logit']:>8.3f}  "
             f"{row['label']:<12} {row['piece']}")  # fmt: skip
     say(f"the top {TOP} hold {sum(r['prob'] for r in top):.3f} of the probability")
+    pngs = []
     if out is not None:
         pngs.append(plot_top(top, out / "top_tokens.png"))
         say(f"chart: {pngs[-1]}")
-
-    say("\n== 5. choosing the next token ==")
-    c = _choose(params, m, tok, tokens, logits[-1], probs, temperature, top_k, top_p, min_p,
-                seed, continuation_tokens)  # fmt: skip
-    for line in c.pop("lines"):
-        say(line)
-    staged = None
-    if stages:
-        staged = explain_stages(cfg, params, tok, tokens, continuation_tokens, out, say)
-        pngs += staged["pngs"]
-    return {
-        "stages": staged,
-        "tokens": tokens,
-        "pieces": pieces,
-        "embed_shape": list(embed.shape),
-        "first_vector": embed[tokens[0]].tolist(),
-        "layer_shapes": [list(x.shape) for x in rec["layers"]],
-        "layer_norms": norms.tolist(),
-        "attention_shape": list(rec["attention"].shape),
-        "logits_shape": list(logits.shape),
-        "top": top,
-        "labels": labels,
-        **c,
-        "pngs": pngs,
-    }
+    return top, probs, pngs
 
 
-def _choose(params, m: ModelConfig, tok, tokens, last_V, probs_V, temperature, top_k, top_p,
-            min_p, seed, n_tokens) -> dict[str, Any]:  # fmt: skip
+def _choose(params, m: ModelConfig, tok, tokens, last_V, probs_V, sp: SamplingParams, seed,
+            n_tokens) -> dict[str, Any]:  # fmt: skip
     """Section 5: greedy against sampled, from one random draw.
 
     The sampled continuation is `sampling.generate` with PRNGKey(seed), and the sampled
     token is its first token (generate draws token 0 with fold_in(key, 0); when the context
     has no room for a continuation the same draw is made directly). Its p is the probability
     in the distribution it was drawn from: softmax of the processed logits."""
-    sampling.validate_sampling(temperature, top_k, top_p, min_p)
     key = jax.random.PRNGKey(seed)
-    opts = dict(top_k=top_k, top_p=top_p, min_p=min_p)
+    values = (sp.temperature, sp.top_k, sp.top_p, sp.min_p)
     greedy = int(np.argmax(probs_V))
     n = min(n_tokens, m.max_seq_len - len(tokens))
-    gen = lambda t: sampling.generate(params, m, [tokens], key, n, t, eos_id=tok.eos_id,
-                                      pad_id=tok.pad_id, **(opts if t else {}))[0]  # fmt: skip
-    sampled_cont = gen(temperature) if n >= 1 else []
-    greedy_cont = gen(0.0) if n >= 1 else []
+    gen = lambda how: sampling.generate(params, m, [tokens], key, n, how, eos_id=tok.eos_id,
+                                        pad_id=tok.pad_id)[0]  # fmt: skip
+    sampled_cont = gen(sp) if n >= 1 else []
+    greedy_cont = gen(GREEDY) if n >= 1 else []
     if sampled_cont:
         drawn = int(sampled_cont[0])
     else:
         logits_1V = jnp.asarray(last_V[None])
-        drawn = int(sampling.sample_token(jax.random.fold_in(key, 0), logits_1V, temperature,
-                                          **opts)[0])  # fmt: skip
-    if temperature == 0:
+        drawn = int(sampling.sample_token(jax.random.fold_in(key, 0), logits_1V, *values)[0])
+    if sp.greedy:
         drawn_p, how = 1.0, "greedy, so the choice is certain"
     else:
-        z = np.asarray(sampling.process_logits(jnp.asarray(last_V[None]), temperature, **opts))
+        z = np.asarray(sampling.process_logits(jnp.asarray(last_V[None]), *values))
         q = np.exp(z[0].astype(np.float64) - z[0].max())
         drawn_p = float(q[drawn] / q.sum())
-        filters = [f"{k}={v}" for k, v in opts.items() if v is not None]
-        how = f"temperature {temperature}" + (", " + ", ".join(filters) if filters else "")
+        filters = [f"{k}={v}" for k, v in sp.filters().items()]
+        how = f"temperature {sp.temperature}" + (", " + ", ".join(filters) if filters else "")
     lab = lambda i: pieces_lib.next_label(tok, tokens, i)
     text = lambda ids: tok.decode([i for i in ids if i < tok.vocab_size])
     lines = [
@@ -427,19 +438,33 @@ def explain_stages(
     n = min(max_new, m.max_seq_len - len(tokens))
     new: list[int] = []
     if n >= 1:
-        new = sampling.generate(
-            params, m, [tokens], jax.random.PRNGKey(0), n, 0.0, eos_id=tok.eos_id,
-            pad_id=tok.pad_id,
-        )[0]  # fmt: skip
+        new = sampling.generate(params, m, [tokens], jax.random.PRNGKey(0), n, GREEDY,
+                                eos_id=tok.eos_id, pad_id=tok.pad_id)[0]  # fmt: skip
     seq = tokens + [int(i) for i in new]
     pieces = pieces_lib.labels(tok, seq)
     rec = recorded_stages(params, m, seq)
-    pngs: list[str] = []
     P, T = len(tokens), len(seq)
     say(f"\n== 6. every stage, over the prompt and its greedy output ({T} tokens) ==")
     say("greedy output, one token at a time (each fed back as the next input): "
         + " ".join(pieces[P:]))  # fmt: skip
     say(f"whole sequence: {' '.join(pieces)}")
+    pngs = _stage_embeddings(say, params, tok, m, rec, pieces, out)
+    for layer in range(m.n_layers):
+        pngs += _stage_layer(say, m, rec, layer, pieces, P, out)
+    rows, probs = _stage_output(say, tok, rec, pieces, P, out, pngs)
+    return {
+        "sequence": seq,
+        "pieces": pieces,
+        "output": [int(i) for i in new],
+        "output_probs": probs[rows].tolist() if rows else [],
+        "shapes": {k: list(v.shape) for k, v in rec.items()},
+        "pngs": pngs,
+    }
+
+
+def _stage_embeddings(say, params, tok, m: ModelConfig, rec, pieces, out: Path | None):
+    """The input embeddings, every row (and the whole table for a small model); PNG paths."""
+    T = len(pieces)
     say(f"\n-- embeddings: x = embed[token] + pos_embed[position], D={m.d_model} --")
     embed = np.asarray(params["embed"], np.float32)
     if embed.shape[0] <= 16 and m.d_model <= 64:  # a small model: every number of every row
@@ -447,48 +472,57 @@ def explain_stages(
         for i in range(tok.vocab_size):
             say(f"    {piece(tok, i):>6}  " + " ".join(f"{v:+.2f}" for v in embed[i]))
     _rows(rec["embedded"], pieces, say, "x")
-    if out is not None:
-        fig = _figure(10, 1.5 + 0.25 * T)
-        ax = fig.subplots()
-        lim = float(np.abs(rec["embedded"]).max()) or 1.0
-        ax.imshow(rec["embedded"], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_yticks(range(T), [_label(p) for p in pieces], fontsize=7)
-        ax.set_xlabel(f"embedding dimension (0..{m.d_model - 1})")
-        ax.set_title("input embeddings (token + position), one row per position", fontsize=10)
-        pngs.append(_save(fig, out / "stages_embeddings.png"))
-    N, K, H = m.n_heads, m.kv_heads, m.head_dim
-    for layer in range(m.n_layers):
-        say(f"\n-- layer {layer} --")
-        say(f"  {m.norm}: each position's vector rescaled to mean 0, std 1 (times a learned scale)")
-        _rows(rec["attn_norm"][layer], pieces, say, "attn_norm")
-        say(f"  Q = norm @ wq [T, N={N}, H={H}], K and V = norm @ wk, wv [T, {K}, {H}]")
-        for name in ("q", "k", "v"):
-            a = rec[name][layer]
-            say(f"    {name} at the last position, per head: "
-                + "; ".join(_vec(a[-1, h]) for h in range(a.shape[1])))  # fmt: skip
-        say("  attention per head: softmax(q k^T / sqrt(H)) over earlier positions; for each "
-            "output position, the input it attends to most:")  # fmt: skip
-        w = rec["attention"][layer]
-        for t in range(max(P - 1, 0), T):
-            top = [f"h{h}->{t_}:{pieces[t_]} ({w[h, t, t_]:.2f})"
-                   for h in range(N) for t_ in [int(np.argmax(w[h, t]))]]  # fmt: skip
-            say(f"    {t:>3} {pieces[t]:>6}: " + ", ".join(top))
-        say(f"  projection: heads [T, {N}x{H}] @ wo -> [T, {m.d_model}], added to the stream")
-        _rows(rec["attn_out"][layer], pieces, say, "attn_out")
-        say(f"  MLP: norm, then [T, {m.d_model}] -> {m.mlp} [T, {m.ffw_dim}] -> [T, {m.d_model}]")
-        f = rec["mlp_hidden"][layer]
-        say("    hidden units above 0 per position: "
-            + " ".join(f"{(f[t] > 0).mean():.2f}" for t in range(T)))  # fmt: skip
-        _rows(rec["mlp_out"][layer], pieces, say, "mlp_out")
-        say(
-            "  stream after the layer, |x| per position: "
-            + " ".join(f"{np.linalg.norm(rec['x_out'][layer][t]):.2f}" for t in range(T))
-        )
-        if out is not None:
-            pngs.append(
-                plot_attention(w, pieces, layer, out / f"stages_attention_layer{layer}.png")
-            )
-            pngs.append(plot_stages(rec, layer, pieces, out / f"stages_layer{layer}.png"))
+    if out is None:
+        return []
+    fig = _figure(10, 1.5 + 0.25 * T)
+    ax = fig.subplots()
+    lim = float(np.abs(rec["embedded"]).max()) or 1.0
+    ax.imshow(rec["embedded"], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_yticks(range(T), [_label(p) for p in pieces], fontsize=7)
+    ax.set_xlabel(f"embedding dimension (0..{m.d_model - 1})")
+    ax.set_title("input embeddings (token + position), one row per position", fontsize=10)
+    return [_save(fig, out / "stages_embeddings.png")]
+
+
+def _stage_layer(say, m: ModelConfig, rec, layer: int, pieces, P: int, out: Path | None):
+    """One layer's stages, from its norm to the stream it leaves; PNG paths."""
+    N, K, H, T = m.n_heads, m.kv_heads, m.head_dim, len(pieces)
+    say(f"\n-- layer {layer} --")
+    say(f"  {m.norm}: each position's vector rescaled to mean 0, std 1 (times a learned scale)")
+    _rows(rec["attn_norm"][layer], pieces, say, "attn_norm")
+    say(f"  Q = norm @ wq [T, N={N}, H={H}], K and V = norm @ wk, wv [T, {K}, {H}]")
+    for name in ("q", "k", "v"):
+        a = rec[name][layer]
+        say(f"    {name} at the last position, per head: "
+            + "; ".join(_vec(a[-1, h]) for h in range(a.shape[1])))  # fmt: skip
+    say("  attention per head: softmax(q k^T / sqrt(H)) over earlier positions; for each "
+        "output position, the input it attends to most:")  # fmt: skip
+    w = rec["attention"][layer]
+    for t in range(max(P - 1, 0), T):
+        top = [f"h{h}->{t_}:{pieces[t_]} ({w[h, t, t_]:.2f})"
+               for h in range(N) for t_ in [int(np.argmax(w[h, t]))]]  # fmt: skip
+        say(f"    {t:>3} {pieces[t]:>6}: " + ", ".join(top))
+    say(f"  projection: heads [T, {N}x{H}] @ wo -> [T, {m.d_model}], added to the stream")
+    _rows(rec["attn_out"][layer], pieces, say, "attn_out")
+    say(f"  MLP: norm, then [T, {m.d_model}] -> {m.mlp} [T, {m.ffw_dim}] -> [T, {m.d_model}]")
+    f = rec["mlp_hidden"][layer]
+    say("    hidden units above 0 per position: "
+        + " ".join(f"{(f[t] > 0).mean():.2f}" for t in range(T)))  # fmt: skip
+    _rows(rec["mlp_out"][layer], pieces, say, "mlp_out")
+    say(
+        "  stream after the layer, |x| per position: "
+        + " ".join(f"{np.linalg.norm(rec['x_out'][layer][t]):.2f}" for t in range(T))
+    )
+    if out is None:
+        return []
+    return [plot_attention(w, pieces, layer, out / f"stages_attention_layer{layer}.png"),
+            plot_stages(rec, layer, pieces, out / f"stages_layer{layer}.png")]  # fmt: skip
+
+
+def _stage_output(say, tok, rec, pieces, P: int, out: Path | None, pngs: list[str]):
+    """The softmax at each position whose next token was generated; its figure is added to
+    `pngs`, and every figure named. Returns (those positions, the softmax [T, V])."""
+    T = len(pieces)
     logits = rec["logits"].astype(np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
@@ -513,14 +547,7 @@ def explain_stages(
         pngs.append(plot_output_probs(table, labels, [piece(tok, c) for c in cols],
                                       out / "stages_output_probs.png"))  # fmt: skip
         say(f"figures: {', '.join(Path(p).name for p in pngs)} in {out}")
-    return {
-        "sequence": seq,
-        "pieces": pieces,
-        "output": [int(i) for i in new],
-        "output_probs": probs[rows].tolist() if rows else [],
-        "shapes": {k: list(v.shape) for k, v in rec.items()},
-        "pngs": pngs,
-    }
+    return rows, probs
 
 
 @_with_fonts

@@ -9,19 +9,23 @@ float32 (a bfloat16 model's outputs can differ slightly from its JAX run).
 
 The file (`lm export`) is safetensors: an 8-byte little-endian header length n, n bytes of JSON
 {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the raw
-little-endian tensor bytes, offsets counted from the end of the header. Weights are named by their
+little-endian tensor bytes, offsets counted from the end of the header (read by
+`lm.util.tensorfile.read_header`, which checks every size and offset). Weights are named by their
 path in the params dict ("layers.wq" is [L, D, N, H]; shape letters as in lm.model.transformer). Our
 metadata: format, format_version, kind (transformer | bigram), config (the run's resolved config as
 JSON), tokenizer (byte | sentencepiece; its proto is the uint8 "tokenizer.proto") and, from
 format_version 2, sha256: the SHA-256 of the other metadata and every tensor's bytes (see `digest`),
 so a flipped bit fails to load instead of running as garbage. Version 1 files (no digest) are still
 read. Nothing in a file is ever executed: every size and offset is checked against the file first.
+
+A request's sampling parameters and token budget are `lm.inference.request`'s, as for JAX.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import math
 import sys
@@ -30,20 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
+from lm.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
+from lm.inference.request import GREEDY, RequestError, SamplingParams, new_token_budget
 from lm.model import rope
+from lm.util import tensorfile
 
 FORMAT, VERSION = "lm-model", "2"
 READABLE = ("1", "2")  # 1: before the digest
 DTYPES = {"F32": "<f4", "F16": "<f2", "U8": "u1"}
-DEFAULT_NEW_TOKENS = 200
 
 
 class ModelFileError(ValueError):
     """Not a readable lm model file (truncated, corrupted, foreign); the message is one line."""
-
-
-class RequestError(ValueError):
-    """A bad request (prompt too long, bad sampling value); the message is one line."""
 
 
 def read_model_file(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -54,16 +56,11 @@ def read_model_file(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
         data = path.read_bytes()
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read ({e.strerror or e})") from None
-    n = int.from_bytes(data[:8], "little")
-    if len(data) < 8 or n > len(data) - 8:
-        raise bad(f"header length {n} does not fit in {len(data)} bytes: truncated or foreign")
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise bad("the header is not safetensors JSON") from None
-    if not isinstance(header, dict):
-        raise bad("the header is not a JSON object")
-    meta = header.pop("__metadata__", None)
+        header = tensorfile.read_header(io.BytesIO(data), len(data), DTYPES)
+    except tensorfile.SafetensorsError as e:
+        raise bad(str(e)) from None
+    meta = header.metadata
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise bad("no lm metadata; write one with `lm export`")
     if meta.get("format_version") not in READABLE:
@@ -71,16 +68,11 @@ def read_model_file(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
             f"format_version {meta.get('format_version')!r}, this code reads "
             f"{' and '.join(READABLE)}"
         )
-    body, tensors = memoryview(data)[8 + n :], {}
-    for name, t in header.items():
-        ok = isinstance(t, dict) and str(t.get("dtype")) in DTYPES and _ints(t.get("shape"))
-        if not (ok and _ints(t.get("data_offsets")) and len(t["data_offsets"]) == 2):
-            raise bad(f"tensor {name!r}: malformed header entry")
-        dtype, (begin, end) = np.dtype(DTYPES[t["dtype"]]), t["data_offsets"]
-        count = math.prod(t["shape"])
-        if not (begin <= end <= len(body) and end - begin == count * dtype.itemsize):
-            raise bad(f"tensor {name!r}: bytes {begin}..{end} do not fit its shape or the file")
-        tensors[name] = np.frombuffer(body, dtype, count, begin).reshape(t["shape"])
+    body, tensors = memoryview(data)[header.data_start :], {}
+    for name, t in header.tensors.items():
+        dtype = np.dtype(DTYPES[t.dtype])
+        count = math.prod(t.shape)
+        tensors[name] = np.frombuffer(body, dtype, count, t.begin).reshape(t.shape)
     try:
         config_text = meta["config"]
         meta = {**meta, "config": json.loads(config_text)}
@@ -110,10 +102,6 @@ def digest(meta: dict[str, str], tensors: dict[str, np.ndarray]) -> str:
         h.update(name.encode("utf-8") + b"\0")
         h.update(np.ascontiguousarray(tensors[name]).data)
     return h.hexdigest()
-
-
-def _ints(x) -> bool:
-    return isinstance(x, list) and all(type(i) is int and i >= 0 for i in x)
 
 
 def param_shapes(kind: str, m: dict) -> dict[str, tuple[int, ...]]:
@@ -161,8 +149,6 @@ def param_shapes(kind: str, m: dict) -> dict[str, tuple[int, ...]]:
 
 def make_tokenizer(meta: dict, tensors: dict[str, np.ndarray]):
     """The file's tokenizer (lm.data.tokenizer's own classes, which import no jax)."""
-    from lm.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
-
     if meta.get("tokenizer") == "byte":
         tok = ByteTokenizer()
     elif meta.get("tokenizer") != "sentencepiece" or "tokenizer.proto" not in tensors:
@@ -260,21 +246,21 @@ def bigram(w: dict) -> Callable[[list[int]], np.ndarray]:
 # ---------------------------------------------------------------- sampling and streaming
 
 
-def sample(logits_V, temperature: float, top_k: int | None, rng: np.random.Generator,
-           top_p: float | None = None, min_p: float | None = None) -> int:  # fmt: skip
+def sample(logits_V, sp: SamplingParams, rng: np.random.Generator) -> int:
     """Greedy at temperature 0; else softmax of `filtered` logits."""
-    if temperature == 0:
+    if sp.greedy:
         return int(np.argmax(logits_V))
-    z_V = filtered(logits_V, temperature, top_k, top_p, min_p)
+    z_V = filtered(logits_V, sp)
     p_V = np.exp(z_V - z_V.max())
     return int(rng.choice(len(p_V), p=p_V / p_V.sum()))
 
 
-def filtered(logits_V, temperature: float, top_k=None, top_p=None, min_p=None) -> np.ndarray:
+def filtered(logits_V, sp: SamplingParams) -> np.ndarray:
     """logits / T (T > 0), then top-k (ties at the k-th kept), top-p (the smallest top set
     with mass >= p) and min-p (prob >= min_p * the top prob), in lm.inference.sampling's order
     and with its cut-off rules; removed tokens are -inf."""
-    z_V = logits_V.astype(np.float64) / temperature
+    top_k, top_p, min_p = sp.top_k, sp.top_p, sp.min_p
+    z_V = logits_V.astype(np.float64) / sp.temperature
     if top_k is not None:
         z_V = np.where(z_V >= np.sort(z_V)[-min(top_k, len(z_V))], z_V, -np.inf)
     if top_p is not None and top_p < 1:
@@ -288,13 +274,12 @@ def filtered(logits_V, temperature: float, top_k=None, top_p=None, min_p=None) -
     return z_V
 
 
-def generate(step, prompt: list[int], max_new_tokens: int, temperature=0.0, top_k=None, seed=0,
-             eos_id: int | None = None, top_p: float | None = None,
-             min_p: float | None = None) -> Iterator[int]:  # fmt: skip
+def generate(step, prompt: list[int], max_new_tokens: int, sp: SamplingParams = GREEDY,
+             seed: int = 0, eos_id: int | None = None) -> Iterator[int]:  # fmt: skip
     """New tokens one at a time (stopping after EOS), from a fresh `transformer`/`bigram` step."""
     rng, logits_V = np.random.default_rng(seed), step(prompt)
     for i in range(max_new_tokens):
-        tok = sample(logits_V, temperature, top_k, rng, top_p, min_p)
+        tok = sample(logits_V, sp, rng)
         yield tok
         if tok == eos_id or i == max_new_tokens - 1:
             return
@@ -321,22 +306,6 @@ def decoder(tok) -> Callable[[list[int]], str]:
     return lambda ids: tok.decode([i for i in ids if i < tok.vocab_size])
 
 
-def new_token_budget(prompt_len: int, max_seq_len: int | None, requested: int | None) -> int:
-    """`requested`, or as many as fit up to DEFAULT_NEW_TOKENS. The prompt (with BOS) plus the
-    new tokens must fit in the context, max_seq_len (None: no limit, as for a bigram)."""
-    room = math.inf if max_seq_len is None else max_seq_len - prompt_len
-    n = min(DEFAULT_NEW_TOKENS, room) if requested is None else requested
-    ctx = f"the model's context (max_seq_len) of {max_seq_len} tokens"
-    if room < 1:
-        raise RequestError(f"prompt is {prompt_len} tokens (with BOS): no room left in {ctx}")
-    if n < 1 or n > room:
-        raise RequestError(
-            f"--max-new-tokens {n}: must be >= 1, and prompt {prompt_len} tokens (with BOS) + "
-            f"new tokens must fit in {ctx}, so at most {room}"
-        )
-    return n
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m lm.inference.numpy_runner",
@@ -353,25 +322,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = ap.parse_args(argv)
     try:
-        if not (args.temperature >= 0 and math.isfinite(args.temperature)):
-            raise RequestError(f"--temperature {args.temperature}: must be >= 0 (0: greedy)")
-        if args.top_k is not None and args.top_k < 1:
-            raise RequestError(f"--top-k {args.top_k}: must be >= 1")
-        if args.top_p is not None and not 0 < args.top_p <= 1:
-            raise RequestError(f"--top-p {args.top_p}: must be in (0, 1]")
-        if args.min_p is not None and not 0 <= args.min_p < 1:
-            raise RequestError(f"--min-p {args.min_p}: must be in [0, 1)")
+        sp = SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p)
         meta, w = read_model_file(args.model)
         tok, m = make_tokenizer(meta, w), meta["config"]["model"]
         prompt = [tok.bos_id, *tok.encode(args.prompt)]
         limit = None if meta["kind"] == "bigram" else m["max_seq_len"]
-        n = new_token_budget(len(prompt), limit, args.max_new_tokens)
-    except ValueError as e:  # ModelFileError, RequestError, or a prompt with lone surrogates
+        n = new_token_budget(len(prompt), limit, args.max_new_tokens, bos=True)
+    except RequestError as e:  # named as the flag it came from
+        print(f"error: {e.for_flag()}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # ModelFileError, or a prompt with lone surrogates
         print(f"error: {e}", file=sys.stderr)
         return 2
     step = bigram(w) if meta["kind"] == "bigram" else transformer(w, m, len(prompt) + n)
-    new = generate(step, prompt, n, args.temperature, args.top_k, args.seed, tok.eos_id,
-                   args.top_p, args.min_p)  # fmt: skip
+    new = generate(step, prompt, n, sp, args.seed, tok.eos_id)
     print(args.prompt, end="", flush=True)
     for text in stream_text(decoder(tok), ([t] for t in new)):
         print(text, end="", flush=True)

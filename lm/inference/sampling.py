@@ -39,6 +39,9 @@ Generation (`generate`, `stream_generate`):
 Streaming uses chunks rather than `jax.debug.callback`: a host callback per token forces a
 device->host sync inside the loop on every step, while chunking keeps the loop on device and
 only syncs every C tokens; the chunk size trades latency for throughput.
+
+How tokens are drawn is a `SamplingParams` (lm.inference.request, which checks it once, when it
+is made); the logit processors take the raw values, which may be traced or per-row arrays.
 """
 
 from __future__ import annotations
@@ -54,41 +57,14 @@ import numpy as np
 
 from lm.config import ModelConfig
 from lm.hardware import precision
+from lm.inference import request
+from lm.inference.request import (
+    DEFAULT_SAMPLING,
+    SamplingParams,
+)
 from lm.model import transformer
 
 Params = dict[str, Any]
-
-# ---------------------------------------------------------------- argument checks
-
-
-def _concrete(x: Any) -> np.ndarray | None:
-    """x as numpy, or None when it is traced (validation then is the caller's business)."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    return np.asarray(x)
-
-
-def validate_sampling(
-    temperature: Any = 1.0,
-    top_k: int | None = None,
-    top_p: Any = None,
-    min_p: Any = None,
-) -> None:
-    """Raise a one-line ValueError naming the first bad argument (concrete values only)."""
-    t = _concrete(temperature)
-    if t is not None and not (np.all(np.isfinite(t)) and np.all(t >= 0)):
-        raise ValueError(f"temperature={temperature!r}: must be >= 0 (0 means greedy)")
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
-            raise ValueError(f"top_k={top_k!r}: must be an integer >= 1 (or None)")
-    if top_p is not None:
-        p = _concrete(top_p)
-        if p is not None and not np.all((p > 0) & (p <= 1)):
-            raise ValueError(f"top_p={top_p!r}: must be in (0, 1] (or None)")
-    if min_p is not None:
-        m = _concrete(min_p)
-        if m is not None and not np.all((m >= 0) & (m < 1)):
-            raise ValueError(f"min_p={min_p!r}: must be in [0, 1) (or None)")
 
 
 # ---------------------------------------------------------------- logit processors
@@ -166,9 +142,13 @@ def sample_token(
 
     temperature 0 is greedy (argmax); a Python 0 skips the filters and the random draw
     entirely, while a traced or per-row [B] temperature picks argmax where it is 0.
-    temperature, top_p and min_p may be traced scalars or [B]; top_k is a static int.
+    temperature, top_p and min_p may be traced scalars or [B]; top_k is a static int. Concrete
+    values are checked by `request.check_value`, the rules SamplingParams is checked by.
     """
-    validate_sampling(temperature, top_k, top_p, min_p)
+    for name, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+                    ("min_p", min_p)):  # fmt: skip
+        if not isinstance(v, jax.core.Tracer):  # a traced value is its caller's to check
+            request.check_value(name, v, per_row=True)
     greedy_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
     if isinstance(temperature, numbers.Real) and temperature == 0:
         return greedy_B
@@ -201,22 +181,26 @@ class _Sampling(NamedTuple):
     min_p: jax.Array | None
 
 
-def _sampling(temperature, top_k, top_p, min_p) -> tuple[_Sampling, int | None, bool]:
-    validate_sampling(temperature, top_k, top_p, min_p)
-    greedy = isinstance(temperature, numbers.Real) and temperature == 0
-    if greedy:  # the filters cannot change the argmax; skip them (and their sorts)
+def _need_params(sp: SamplingParams) -> None:
+    if not isinstance(sp, SamplingParams):  # e.g. a bare temperature, as before SamplingParams
+        raise TypeError(f"sp: a SamplingParams, not a {type(sp).__name__}")
+
+
+def _sampling(sp: SamplingParams) -> tuple[_Sampling, int | None, bool]:
+    """The traced values, the static top_k and whether it is greedy: a new temperature or
+    top-p reuses the compiled loop, a new top_k compiles one."""
+    _need_params(sp)
+    if sp.greedy:  # the filters cannot change the argmax; skip them (and their sorts)
         return _Sampling(None, None, None), None, True
     f32 = lambda x: None if x is None else jnp.asarray(x, jnp.float32)
-    top_k = None if top_k is None else int(top_k)  # a static argument: hash a plain int
-    return _Sampling(f32(temperature), f32(top_p), f32(min_p)), top_k, False
+    return _Sampling(f32(sp.temperature), f32(sp.top_p), f32(sp.min_p)), sp.top_k, False
 
 
-def _draw(key, t, logits_BV, sp: _Sampling, top_k, greedy):
+def _draw(key, t, logits_BV, traced: _Sampling, top_k, greedy):
     if greedy:
         return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-    return sample_token(
-        jax.random.fold_in(key, t), logits_BV, sp.temperature, top_k, sp.top_p, sp.min_p
-    )
+    return sample_token(jax.random.fold_in(key, t), logits_BV, traced.temperature, top_k,
+                        traced.top_p, traced.min_p)  # fmt: skip
 
 
 def operand_params(params: Params, cfg: ModelConfig) -> Params:
@@ -232,7 +216,7 @@ def operand_params(params: Params, cfg: ModelConfig) -> Params:
     return out
 
 
-def _forward_cached(params, cfg, tokens_BT, pos_BT, cache: transformer.KVCache, kv_mask_BS=None):
+def forward_cached(params, cfg, tokens_BT, pos_BT, cache: transformer.KVCache, kv_mask_BS=None):
     """The prefill: all layers over tokens_BT via `model.block`, writing keys/values at pos_BT.
 
     A scan over layers with the stacked cache as xs/ys; returns logits [B, T, V] and the cache.
@@ -275,7 +259,7 @@ def _decode_attention(p, x_BD, pos_B, k_BSKH, v_BSKH, cfg: ModelConfig):
     return transformer.attention_out(p, o_B1NH, cfg)[:, 0], k_B1KH[:, 0], v_B1KH[:, 0]
 
 
-def _decode_forward(params, cfg, tok_B, pos_B, cache: transformer.KVCache, span: int | None = None):
+def decode_forward(params, cfg, tok_B, pos_B, cache: transformer.KVCache, span: int | None = None):
     """One decode step for every sequence: logits [B, V] and the cache with pos_B filled.
 
     A scan over layers with the stacked cache as xs and each layer's new key/value as ys; the ys
@@ -317,27 +301,26 @@ def prefill_last(params, cfg, tokens_BP, lens_B, cache_len: int):
     cache = transformer.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     pos_BP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
     kv_mask_BS = jnp.arange(cache_len)[None, :] < lens_B[:, None]  # padding is never a key
-    logits_BPV, cache = _forward_cached(params, cfg, tokens_BP, pos_BP, cache, kv_mask_BS)
+    logits_BPV, cache = forward_cached(params, cfg, tokens_BP, pos_BP, cache, kv_mask_BS)
     last_BV = jnp.take_along_axis(logits_BPV, (lens_B - 1)[:, None, None], axis=1)[:, 0]
     return last_BV, cache
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len", "max_new", "top_k", "greedy"))
-def _prefill(
-    params, tokens_BP, lens_B, key, sp, eos_id, pad_id, *, cfg, cache_len, max_new, top_k, greedy
-) -> DecodeState:
+def _prefill(params, tokens_BP, lens_B, key, traced, eos_id, pad_id, *, cfg, cache_len, max_new,
+             top_k, greedy) -> DecodeState:  # fmt: skip
     """Fill a fresh cache with the right-padded prompts and draw each one's first new token."""
     params = operand_params(params, cfg)
     B = tokens_BP.shape[0]
     last_BV, cache = prefill_last(params, cfg, tokens_BP, lens_B, cache_len)
-    tok_B = _draw(key, 0, last_BV, sp, top_k, greedy)
+    tok_B = _draw(key, 0, last_BV, traced, top_k, greedy)
     out_BR = jnp.full((B, max_new), pad_id, jnp.int32).at[:, 0].set(tok_B)
     return DecodeState(cache, tok_B, lens_B, out_BR, tok_B == eos_id, jnp.int32(1))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "top_k", "greedy"), donate_argnames=("state",))
 def _decode(
-    params, state: DecodeState, t_stop, key, sp, eos_id, pad_id, *, cfg, top_k, greedy
+    params, state: DecodeState, t_stop, key, traced, eos_id, pad_id, *, cfg, top_k, greedy
 ) -> DecodeState:
     """Decode on device until t reaches t_stop (or the budget) or every sequence is done.
 
@@ -351,8 +334,8 @@ def _decode(
         return (s.t < t_stop) & ~jnp.all(s.done_B)
 
     def step(s: DecodeState) -> DecodeState:
-        logits_BV, cache = _decode_forward(params, cfg, s.tok_B, s.pos_B, s.cache)
-        tok_B = _draw(key, s.t, logits_BV, sp, top_k, greedy)
+        logits_BV, cache = decode_forward(params, cfg, s.tok_B, s.pos_B, s.cache)
+        tok_B = _draw(key, s.t, logits_BV, traced, top_k, greedy)
         tok_B = jnp.where(s.done_B, pad_id, tok_B)  # finished rows keep computing, emit pad
         out_BR = jax.lax.dynamic_update_slice(s.out_BR, tok_B[:, None], (0, s.t))
         done_B = s.done_B | (tok_B == eos_id)
@@ -368,30 +351,22 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def _prepare(cfg: ModelConfig, prompts, max_new_tokens, eos_id, pad_id):
-    """Check the request; right-pad the prompts. Returns tokens [B, P], lengths [B], S."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 1")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+def prepare_prompts(cfg: ModelConfig, prompts, max_new_tokens, eos_id, pad_id):
+    """Check the request; right-pad the prompts. Returns tokens [B, P], lengths [B], S.
+
+    Raises RequestError (a ValueError, one line) before any compute; learned position
+    embeddings do not exist past max_seq_len, and RoPE models were never trained there."""
     if len(prompts) == 0:
-        raise ValueError("prompts: need at least one prompt")
+        raise request.RequestError("prompts: need at least one prompt", "prompts")
     V = cfg.vocab_size
     for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompts[{i}] is empty: every prompt needs at least one token")
-        if min(p) < 0 or max(p) >= V:
-            raise ValueError(f"prompts[{i}]: token ids must be in [0, {V})")
+        request.check_prompt(p, V, f"prompts[{i}]")
     for name, v in (("eos_id", eos_id), ("pad_id", pad_id)):
         if v is not None and not (isinstance(v, numbers.Integral) and 0 <= v < V):
-            raise ValueError(f"{name}={v!r}: must be a token id in [0, {V})")
+            raise request.RequestError(f"{name}={v!r}: must be a token id in [0, {V})", name)
     lens = [len(p) for p in prompts]
     P = max(lens)
-    if P + max_new_tokens > cfg.max_seq_len:
-        raise ValueError(
-            f"cache overflow: longest prompt {P} + max_new_tokens {max_new_tokens} = "
-            f"{P + max_new_tokens} exceeds model max_seq_len={cfg.max_seq_len}"
-        )
+    request.new_token_budget(P, cfg.max_seq_len, max_new_tokens, prompt="the longest prompt")
     # Rounding P up lets nearby prompt lengths share one compilation; right padding is inert.
     P_pad = min(_round_up(P, 16), cfg.max_seq_len - max_new_tokens)
     tokens_BP = np.full((len(prompts), P_pad), pad_id, np.int32)
@@ -419,10 +394,8 @@ def stream_generate(
     prompts: Sequence[Sequence[int]],
     key: jax.Array,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
+    sp: SamplingParams = DEFAULT_SAMPLING,
+    *,
     eos_id: int | None = None,
     pad_id: int = 0,
     chunk_size: int = 16,
@@ -437,26 +410,16 @@ def stream_generate(
         for chunk in stream_generate(params, cfg, [ids], key, 200, eos_id=eos):
             print(tokenizer.decode(chunk[0]), end="", flush=True)
     """
-    tokens_BP, lens_B, cache_len = _prepare(cfg, prompts, max_new_tokens, eos_id, pad_id)
-    sp, top_k, greedy = _sampling(temperature, top_k, top_p, min_p)
+    tokens_BP, lens_B, cache_len = prepare_prompts(cfg, prompts, max_new_tokens, eos_id, pad_id)
+    traced, top_k, greedy = _sampling(sp)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
         raise ValueError(f"chunk_size={chunk_size!r}: must be an integer >= 1")
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
     eos = -1 if eos_id is None else int(eos_id)  # -1 never matches a token
     static = dict(cfg=cfg, top_k=top_k, greedy=greedy)
-    state = _prefill(
-        params,
-        tokens_BP,
-        lens_B,
-        key,
-        sp,
-        eos,
-        pad_id,
-        cache_len=cache_len,
-        max_new=max_new_tokens,
-        **static,
-    )
+    state = _prefill(params, tokens_BP, lens_B, key, traced, eos, pad_id, cache_len=cache_len,
+                     max_new=max_new_tokens, **static)  # fmt: skip
     finished = [False] * len(prompts)
     emitted = 0
     while True:
@@ -466,7 +429,7 @@ def stream_generate(
         emitted = t
         if t >= max_new_tokens or done_B.all():
             return
-        state = _decode(params, state, t + chunk_size, key, sp, eos, pad_id, **static)
+        state = _decode(params, state, t + chunk_size, key, traced, eos, pad_id, **static)
 
 
 def generate(
@@ -475,35 +438,22 @@ def generate(
     prompts: Sequence[Sequence[int]],
     key: jax.Array,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
+    sp: SamplingParams = DEFAULT_SAMPLING,
+    *,
     eos_id: int | None = None,
     pad_id: int = 0,
 ) -> list[list[int]]:
     """New tokens per prompt (ending at EOS inclusive, or after max_new_tokens), with a KV cache.
 
     One prefill call, then one jitted on-device `while_loop` for the rest. Prompts may differ
-    in length (right-padded with pad_id; see the module docstring). temperature 0 is greedy.
+    in length (right-padded with pad_id; see the module docstring). `GREEDY` is temperature 0.
     Raises ValueError (one line) on bad arguments, or when the longest prompt plus
     max_new_tokens exceeds cfg.max_seq_len.
     """
     out: list[list[int]] = [[] for _ in prompts]
-    for chunk in stream_generate(
-        params,
-        cfg,
-        prompts,
-        key,
-        max_new_tokens,
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        eos_id,
-        pad_id,
-        chunk_size=max_new_tokens,
-    ):
+    chunks = stream_generate(params, cfg, prompts, key, max_new_tokens, sp, eos_id=eos_id,
+                             pad_id=pad_id, chunk_size=max_new_tokens)  # fmt: skip
+    for chunk in chunks:
         for row, new in zip(out, chunk, strict=True):
             row.extend(new)
     return out
@@ -512,18 +462,18 @@ def generate(
 # ---------------------------------------------------------------- the bigram baseline
 
 
-def generate_bigram(
-    logp_VV, prompt: list[int], key, max_new_tokens: int, temperature=1.0, top_k=None,
-    top_p=None, min_p=None, eos_id: int | None = None,
-) -> list[int]:  # fmt: skip
+def generate_bigram(logp_VV, prompt: list[int], key, max_new_tokens: int,
+                    sp: SamplingParams = DEFAULT_SAMPLING, *,
+                    eos_id: int | None = None) -> list[int]:  # fmt: skip
     """New tokens after `prompt`, drawn with the same `sample_token` as the
     Transformer; stops after EOS."""
     if not prompt:
         raise ValueError("prompt: needs at least one token (use BOS)")
+    _need_params(sp)
     table = jnp.asarray(logp_VV)
 
     def step(prev, k):
-        tok = sample_token(k, table[prev][None], temperature, top_k, top_p, min_p)[0]
+        tok = sample_token(k, table[prev][None], sp.temperature, sp.top_k, sp.top_p, sp.min_p)[0]
         return tok, tok
 
     keys = jax.random.split(key, max_new_tokens)
@@ -538,11 +488,11 @@ def generate_bigram(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "length", "top_k", "greedy"))
-def _nocache_step(params, buf_BS, lens_B, t, key, sp, *, cfg, length, top_k, greedy):
+def _nocache_step(params, buf_BS, lens_B, t, key, traced, *, cfg, length, top_k, greedy):
     """Full forward over the first `length` tokens; draw token t; write it at lens + t."""
     logits_BLV = transformer.apply(params, buf_BS[:, :length], cfg)
     last_BV = jnp.take_along_axis(logits_BLV, (lens_B + t - 1)[:, None, None], axis=1)[:, 0]
-    tok_B = _draw(key, t, last_BV, sp, top_k, greedy)
+    tok_B = _draw(key, t, last_BV, traced, top_k, greedy)
     buf_BS = buf_BS.at[jnp.arange(buf_BS.shape[0]), lens_B + t].set(tok_B)
     return buf_BS, tok_B
 
@@ -553,10 +503,8 @@ def generate_nocache(
     prompts: Sequence[Sequence[int]],
     key: jax.Array,
     max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
+    sp: SamplingParams = DEFAULT_SAMPLING,
+    *,
     eos_id: int | None = None,
     pad_id: int = 0,
 ) -> list[list[int]]:
@@ -567,8 +515,8 @@ def generate_nocache(
     (right padding is causally invisible) so only a few lengths compile. Same arguments,
     checks and per-token keys as `generate`, hence the same tokens up to float rounding.
     """
-    tokens_BP, lens_B, cache_len = _prepare(cfg, prompts, max_new_tokens, eos_id, pad_id)
-    sp, top_k, greedy = _sampling(temperature, top_k, top_p, min_p)
+    tokens_BP, lens_B, cache_len = prepare_prompts(cfg, prompts, max_new_tokens, eos_id, pad_id)
+    traced, top_k, greedy = _sampling(sp)
     B, P = tokens_BP.shape
     buf_BS = np.full((B, cache_len), pad_id, np.int32)
     buf_BS[:, :P] = tokens_BP
@@ -577,18 +525,8 @@ def generate_nocache(
     done = [False] * B
     for t in range(max_new_tokens):
         length = min(cache_len, _round_up(int(lens_B.max()) + t, 64))
-        buf_BS, tok_B = _nocache_step(
-            params,
-            buf_BS,
-            lens_B,
-            t,
-            key,
-            sp,
-            cfg=cfg,
-            length=length,
-            top_k=top_k,
-            greedy=greedy,
-        )
+        buf_BS, tok_B = _nocache_step(params, buf_BS, lens_B, t, key, traced, cfg=cfg,
+                                      length=length, top_k=top_k, greedy=greedy)  # fmt: skip
         for b, tok in enumerate(np.asarray(tok_B).tolist()):
             if not done[b]:
                 out[b].append(tok)

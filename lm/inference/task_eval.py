@@ -15,6 +15,7 @@ import numpy as np
 
 from lm.data.tasks import answer, prompt, tokenizer_for
 from lm.inference import sampling
+from lm.inference.request import GREEDY
 from lm.model import transformer
 
 # ---------------------------------------------------------------- evaluation
@@ -46,7 +47,8 @@ def evaluate(params, cfg, x: np.ndarray, batch: int = 256, keep_failures: int = 
     key = jax.random.PRNGKey(0)
     for i in range(0, len(x), batch):
         P, A = prompts[i : i + batch], answers[i : i + batch]
-        got = sampling.generate(params, m, P, key, n_new, 0.0, eos_id=tok.eos_id, pad_id=tok.pad_id)
+        got = sampling.generate(params, m, P, key, n_new, GREEDY, eos_id=tok.eos_id,
+                                pad_id=tok.pad_id)  # fmt: skip
         for p, a, g in zip(P, A, got, strict=True):
             a = a[:n_new]
             g = list(g)[: len(a)]

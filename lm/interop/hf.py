@@ -48,7 +48,9 @@ import numpy as np
 
 from lm import config as config_lib
 from lm.config import Config, DataConfig, ModelConfig, TrainConfig
-from lm.util import safetensors
+from lm.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer, save_tokenizer
+from lm.interop.hf_tokenizer import byte_tokenizer_json, tokenizer_config
+from lm.util import dirlock, tensorfile
 
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
@@ -409,26 +411,29 @@ def _from_hf(a: np.ndarray, e: _Entry, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _our_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
-    from lm.inference.export import flatten
+    # lazy, as every jax-using import here: `lm import-hf --help` and the config checks
+    # before any weight is read need none of them
+    from flax.traverse_util import flatten_dict
+
     from lm.model import transformer
 
-    specs = flatten(transformer.param_specs(m))
+    specs = flatten_dict(transformer.param_specs(m), sep=".")
     return {k: v.shape for k, v in specs.items()}
 
 
 # ---------------------------------------------------------------- safetensors files
 
 
-_ST_DTYPES = {k: v for k, v in safetensors.DTYPES.items() if k != "U8"}  # the float ones
+_ST_DTYPES = {k: v for k, v in tensorfile.DTYPES.items() if k != "U8"}  # the float ones
 
 
-def _read_header(path: Path) -> safetensors.Header:
+def _read_header(path: Path) -> tensorfile.Header:
     try:
         with path.open("rb") as f:
-            return safetensors.read_header(f, path.stat().st_size, _ST_DTYPES)
+            return tensorfile.read_header(f, path.stat().st_size, _ST_DTYPES)
     except OSError as e:
         raise HFError(f"{path}: cannot read ({e.strerror or e})") from None
-    except safetensors.SafetensorsError as e:
+    except tensorfile.SafetensorsError as e:
         raise HFError(f"{path}: not a safetensors file ({e})") from None
 
 
@@ -463,7 +468,7 @@ class _Tensors:
     is asked for."""
 
     def __init__(self, files: list[Path]):
-        self.where: dict[str, tuple[Path, int, safetensors.Tensor]] = {}
+        self.where: dict[str, tuple[Path, int, tensorfile.Tensor]] = {}
         for f in files:
             header = _read_header(f)
             for name, t in header.tensors.items():
@@ -477,7 +482,7 @@ class _Tensors:
         raw = np.fromfile(
             f, np.dtype(_ST_DTYPES[t.dtype]), math.prod(t.shape), offset=start + t.begin
         )
-        return safetensors.as_float32(raw, t.dtype).reshape(t.shape)
+        return tensorfile.as_float32(raw, t.dtype).reshape(t.shape)
 
 
 def _canonical_names(names: list[str], family: str) -> dict[str, str]:
@@ -495,7 +500,7 @@ def read_params(
     hf_dir: str | Path, m: ModelConfig, family: str, hf: dict | None = None
 ) -> dict[str, Any]:
     """Our params (nested, numpy float32) from the checkpoint's safetensors files."""
-    from lm.inference.export import unflatten
+    from flax.traverse_util import unflatten_dict
 
     hf_dir = Path(hf_dir)
     store = _Tensors(_weight_files(hf_dir))
@@ -551,15 +556,15 @@ def read_params(
             f"{hf_dir}: tensor {extra[0]} has no place in a {family} model with this config "
             f"({len(extra)} such tensors)"
         )
-    return unflatten(build(read=True))
+    return unflatten_dict(build(read=True), sep=".")
 
 
 def hf_tensors(params: dict[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
     """Our params as HF-named float32 tensors (GPT-2 biases our model lacks are zeros)."""
-    from lm.inference.export import flatten
+    from flax.traverse_util import flatten_dict
 
     family = _family(m)
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
+    flat = {k: np.asarray(v, np.float32) for k, v in flatten_dict(params, sep=".").items()}
     shapes = _our_shapes(dataclasses.replace(m, bias=True) if family == "gpt2" else m)
     out: dict[str, np.ndarray] = {}
     for e in _entries(m, family):
@@ -608,7 +613,6 @@ def _special_id(hf_dir: Path, hf: dict, name: str, lookup) -> int | None:
 def read_tokenizer(hf_dir: str | Path, hf: dict[str, Any]):
     """The checkpoint's tokenizer as an lm.data.tokenizer.HFTokenizer: tokenizer.model
     (sentencepiece) when present, else tokenizer.json (the `tokenizers` package)."""
-    from lm.data.tokenizer import HFTokenizer
 
     hf_dir = Path(hf_dir)
     sp_path, tj_path = hf_dir / "tokenizer.model", hf_dir / "tokenizer.json"
@@ -661,11 +665,8 @@ def read_tokenizer(hf_dir: str | Path, hf: dict[str, Any]):
 def write_tokenizer(tok, out_dir: Path) -> list[str]:
     """The tokenizer files transformers reads; [] when ours has no HF form (a task's symbols).
     Our ByteTokenizer becomes a byte-level tokenizer.json (lm.interop.hf_tokenizer)."""
-    from lm.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer
 
     if isinstance(tok, ByteTokenizer):
-        from lm.interop.hf_tokenizer import byte_tokenizer_json, tokenizer_config
-
         (out_dir / "tokenizer.json").write_text(byte_tokenizer_json(), encoding="utf-8")
         (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2))
         return ["tokenizer.json", "tokenizer_config.json"]
@@ -722,12 +723,11 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: list[str] = ()
     """Write `run_dir` (config.yaml, tokenizer, step-0 checkpoint) from a HF model directory.
     Every check (config fields, tokenizer, tensor names and shapes) runs before any weight is
     read or anything is written."""
+    # lazy: jax, orbax and the training stack load only for the import itself
     import jax
 
-    from lm.data.tokenizer import save_tokenizer
     from lm.training import checkpoint, sharding, train
-    from lm.training.loop import prepare_run_dir
-    from lm.util import dirlock
+    from lm.training.rundir import prepare_run_dir
 
     hf_dir, run_dir = Path(hf_dir).expanduser(), Path(run_dir).expanduser()
     if (run_dir / checkpoint.CONFIG_FILE).exists() or (run_dir / checkpoint.CKPT_DIR).exists():
@@ -749,8 +749,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: list[str] = ()
     params = read_params(hf_dir, cfg.model, family, hf)
 
     mesh = sharding.make_mesh(cfg.mesh)
-    opt = train.make_optimizer(cfg)
-    _, shardings = train.state_specs(cfg, opt, mesh)
+    lay = train.layout(cfg, mesh)
     dtype = jax.numpy.dtype(cfg.model.param_dtype)
 
     def make_state(p):
@@ -758,9 +757,10 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path, overrides: list[str] = ()
         # directory resumes from it and `lm train --init-from` branches a new run off it. (The
         # random init inside init_state is unused, and compiled away.)
         p = jax.tree.map(lambda a: a.astype(dtype), p)
-        return {**train.init_state(cfg, opt, cfg.train.seed), "params": p, "opt_state": opt.init(p)}
+        fresh = train.init_state(cfg, lay, cfg.train.seed)
+        return {**fresh, "params": p, "opt_state": lay.opt.init(p)}
 
-    state = jax.jit(make_state, out_shardings=shardings)(params)
+    state = jax.jit(make_state, out_shardings=lay.shardings)(params)
     with dirlock.hold(run_dir):
         if (run_dir / checkpoint.CONFIG_FILE).exists():  # another import got here first
             raise HFError(f"--out {run_dir}: already a run directory; choose a new one")
@@ -781,7 +781,7 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, step: int | None = None)
     generation_config.json and the tokenizer where it has a HF form)."""
     import safetensors.numpy
 
-    from lm.training import checkpoint
+    from lm.training import checkpoint  # lazy: orbax and jax load only for the export itself
 
     run_dir, out_dir = Path(run_dir).expanduser(), Path(out_dir).expanduser()
     cfg_path = run_dir / checkpoint.CONFIG_FILE

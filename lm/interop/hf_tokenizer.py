@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 
-from lm.data.pieces import _byte_level_alphabet
+from lm.data.pieces import byte_level_alphabet
 
 SPECIALS = (("<pad>", 256), ("<s>", 257), ("</s>", 258))
 
 
 def byte_tokenizer_json() -> str:
-    vocab = {ch: b for ch, b in _byte_level_alphabet().items()}
+    vocab = {ch: b for ch, b in byte_level_alphabet().items()}
     added = [
         {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
          "normalized": False, "special": True}

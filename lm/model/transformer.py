@@ -20,6 +20,7 @@ stays flat in depth.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import numpy as np
 
 from lm.config import ModelConfig
 from lm.hardware import precision
+from lm.model import cpu_kernels
 from lm.model import rope as rope_lib
 
 Params = dict[str, Any]
@@ -117,8 +119,13 @@ def _init_one(spec: ParamSpec, key: jax.Array, dtype: Any) -> jax.Array:
 
 def init(cfg: ModelConfig, rng: jax.Array) -> Params:
     """A plain nested-dict pytree of weights; each leaf's key is folded from its path."""
-    specs = param_specs(cfg)
-    dtype = jnp.dtype(cfg.param_dtype)
+    return init_from_specs(param_specs(cfg), cfg.param_dtype, rng)
+
+
+def init_from_specs(specs: dict[str, Any], param_dtype: str, rng: jax.Array) -> Params:
+    """`init` from a config's `param_specs`, for a caller that holds them already (training
+    derives the optimizer and the shardings from the same specs)."""
+    dtype = jnp.dtype(param_dtype)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(specs, is_leaf=is_spec)
     out = []
     for path, spec in leaves:
@@ -204,6 +211,13 @@ class Kernels(NamedTuple):
 
 
 PLAIN = Kernels(dense, normalize, gelu, attend, output_xent)
+CUSTOM = Kernels(
+    cpu_kernels.dense,
+    cpu_kernels.normalize,
+    cpu_kernels.gelu,
+    cpu_kernels.attend,
+    cpu_kernels.output_xent,
+)
 
 
 def grad_impl(cfg: ModelConfig) -> str:
@@ -215,18 +229,12 @@ def grad_impl(cfg: ModelConfig) -> str:
     return "custom" if cfg.remat == "none" and jax.default_backend() == "cpu" else "autodiff"
 
 
+@functools.cache
 def kernels(cfg: ModelConfig) -> Kernels:
-    if grad_impl(cfg) == "autodiff":
-        return PLAIN
-    from lm.model import cpu_kernels
-
-    return Kernels(
-        cpu_kernels.dense,
-        cpu_kernels.normalize,
-        cpu_kernels.gelu,
-        cpu_kernels.attend,
-        cpu_kernels.output_xent,
-    )
+    """The kernels cfg's passes are built from, as `grad_impl` says. Decided once per config:
+    the choice is a pure function of the frozen config and the backend (fixed once jax starts),
+    so the ops that ask at every trace only look it up."""
+    return PLAIN if grad_impl(cfg) == "autodiff" else CUSTOM
 
 
 # ---------------------------------------------------------------- the forward pass

@@ -1,4 +1,5 @@
-"""Scaling laws: sweeps (sweep.py), fits (fit.py), reports and plots (the report package).
+"""Scaling laws: sweeps (sweep.py), fits (the fit package), reports and plots (the report
+package).
 
 Constants the command line needs without importing JAX live here."""
 

@@ -46,10 +46,11 @@ from typing import Any, Literal
 from lm import config as config_lib
 from lm.config import Config, ConfigError
 from lm.hardware import precision
-from lm.hardware.peak import cpu_features
+from lm.hardware.peak import cpu_features, peak_flops, precision_of
 from lm.model import flops
 from lm.scaling import workers as workers_lib
 from lm.util import dirlock
+from lm.util.files import atomic_write
 
 DONE_FILE = "done.json"
 
@@ -523,7 +524,7 @@ def run_unit(members: list[Member], out: Path, *, on_start=None, on_member=None,
     """Train one unit in this process: a member alone, or a WSD trunk (members[0]) with its
     branches in branch-step order. The trunk is trained up to each branch point in turn (its latest
     checkpoint is then exactly where the branch starts), the branch is trained, and the trunk goes
-    on. Members of one size share their compiled programs (lm.training.loop.programs), so a unit
+    on. Members of one size share their compiled programs (lm.training.programs.programs), so a unit
     compiles once. Returns False, training nothing, when another process holds the unit.
 
     `on_start(member, stop_after)` and `on_member(member, stop_after, rec)` see each member
@@ -580,7 +581,7 @@ def train_member(m: Member, out: Path, stop_after: int | None = None, *, main: b
                  trained_by: dict | None = None) -> dict:  # fmt: skip
     """Train (or resume) one member, to its end or to `stop_after`; at its end, write its
     done.json. Returns {"wall", "timings"} of this call."""
-    from lm.training import loop
+    from lm.training import loop  # lazy: the training stack loads only where a member trains
 
     run_dir = out / "runs" / m.name
     init_from = (out / "runs" / m.trunk, m.branch_step) if m.trunk else None
@@ -600,7 +601,7 @@ def train_member(m: Member, out: Path, stop_after: int | None = None, *, main: b
     acc["wall_s"] += wall
     for k, v in summary["timings"].items():
         acc[k] = acc.get(k, 0.0) + v
-    workers_lib.atomic_write(acc_file, json.dumps(acc))
+    atomic_write(acc_file, json.dumps(acc))
     if stop_after is None:
         record = {
             "name": m.name,
@@ -612,7 +613,7 @@ def train_member(m: Member, out: Path, stop_after: int | None = None, *, main: b
             # which host, process, cores and devices trained it (the last segment's)
             "trained_by": trained_by or {},
         }
-        workers_lib.atomic_write(run_dir / DONE_FILE, json.dumps(record, indent=1))
+        atomic_write(run_dir / DONE_FILE, json.dumps(record, indent=1))
     return rec
 
 
@@ -734,7 +735,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, progress: bool = True, print_
         return _run_sweep(sweep, out, progress, print_fn, main, workers, share)
 
 
-def _precision_line(base: dict, machine: workers_lib.Machine | None) -> str:
+def precision_line(base: dict, machine: workers_lib.Machine | None) -> str:
     """What the members multiply in, said once. Each member decides (lm.hardware.precision) and
     records it in its config.yaml; this process asks no collective, and when workers train
     (`machine` probed), starts no JAX backend: the rule then reads the probed platform and CPU
@@ -753,8 +754,6 @@ def _precision_line(base: dict, machine: workers_lib.Machine | None) -> str:
 
 def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bool,
                workers: int | str, share: workers_lib.Share) -> dict:  # fmt: skip
-    from tqdm import tqdm
-
     lr_members = plan_lr(sweep)
     # The rate does not change a member's name, shape, tokens or FLOPs: Kaplan's stands in
     # until the LR sweep has fitted its rule.
@@ -777,53 +776,21 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
             f"{sum(len(s) for s in stages)} units, {len(mine)} of {len(members)} members, "
             f"{sum(work[n] for n in mine) / sum(work.values()):.0%} of the sweep's FLOPs"
         )
-
-    def left(units) -> list[float]:
-        todo = [sum(work[n] for n in u.members if _done(out / "runs" / n) is None) for u in units]
-        return [c for c in todo if c > 0]
-
-    n_workers, slices = 1, []
-    if workers != 1:
-        machine = workers_lib.probe_machine()
-        if workers == "auto":
-            n_workers, why = workers_lib.auto_workers(machine, [left(s) for s in stages],
-                                                      members)  # fmt: skip
-            print_fn(f"workers: {n_workers} ({why})")
-        else:
-            n_workers = int(workers)
-        if n_workers > 1:
-            slices = workers_lib.plan_slices(machine, n_workers, members, f"--workers {workers}")
+    n_workers, slices, machine = _choose_workers(workers, stages, members, work, out, print_fn)
     if main:  # after every check of the flags: a refused command writes nothing
-        print_fn(_precision_line(sweep.base, machine if workers != 1 else None))
-        workers_lib.atomic_write(out / "sweep.json",
-                                 json.dumps(dataclasses.asdict(sweep), indent=1))  # fmt: skip
+        print_fn(precision_line(sweep.base, machine))
+        atomic_write(out / "sweep.json", json.dumps(dataclasses.asdict(sweep), indent=1))
     # Only a process that trains in itself may ask JAX how many processes there are.
     multi = workers == 1 and _process_count() > 1
     agree = _agree if multi else (lambda flag: flag)
 
-    host = socket.gethostname()
-    t_start, t_wall = time.perf_counter(), time.time()
-    inv_dir = out / "invocations"
-    inv_file = inv_dir / f"{host}-{os.getpid()}-{int(t_wall)}.json"
-
-    def stamp() -> None:
-        if main:
-            inv_dir.mkdir(exist_ok=True)
-            workers_lib.atomic_write(inv_file, json.dumps({
-                "host": host, "start": t_wall, "end": time.time(), "workers": n_workers,
-                "share": [share.index, share.count]}))  # fmt: skip
-
+    t_start = time.perf_counter()
+    stamp = _stamper(out, main, n_workers, share)
     stamp()
-    bar = tqdm(
-        total=sum(work[n] for n in mine) / 1e12, unit="TFLOP", desc=f"sweep {sweep.name}",
-        disable=not progress, position=0, dynamic_ncols=True, bar_format=(
-            "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} TFLOP "
-            "[{elapsed}<{remaining}] {postfix}"
-        ),
-    )  # fmt: skip
+    bar = _progress_bar(sweep.name, sum(work[n] for n in mine), progress)
     by_name = {m.name: m for m in members}
     track = _Progress(bar, work, out, by_name, stamp)
-    trained_by = {"host": host, "share": [share.index, share.count]}
+    trained_by = {"host": socket.gethostname(), "share": [share.index, share.count]}
     pool = None
     data_memo: dict = {}  # the corpus, mapped once for every member trained in this process
     try:
@@ -843,36 +810,124 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
                 members = lr_members + plan(sweep, rule)
                 by_name.update({m.name: m for m in members})
             if pool is None:
-                import jax
-
-                trained_by.update(pid=os.getpid(), cpus=sorted(os.sched_getaffinity(0)),
-                                  devices=jax.local_device_count())  # fmt: skip
-                for u in units:
-                    run_unit(
-                        [by_name[n] for n in u.members], out, progress=progress,
-                        data_memo=data_memo, trained_by=trained_by,
-                        on_start=lambda m, _s: track.start(0, m.name),
-                        on_member=lambda m, s, rec: track.member(
-                            0, m.name, s is None, rec is not None, (rec or {}).get("timings", {})),
-                    )  # fmt: skip
+                _train_here(units, by_name, out, track, trained_by, data_memo, progress)
             else:
-
-                def job(u: workers_lib.Unit) -> dict:
-                    return {"name": u.name, "out": str(out), "trained_by": trained_by,
-                            "members": [member_to_dict(by_name[n]) for n in u.members]}  # fmt: skip
-
-                def on_event(w: int, ev: dict) -> None:
-                    if ev["ev"] == "start":
-                        track.start(w, ev["member"])
-                    elif ev["ev"] == "member":
-                        track.member(w, ev["member"], ev["final"], ev["trained"], ev["timings"])
-
-                pool.run(units, job, on_event, tick=track.tick if progress else None)
+                _train_in_pool(pool, units, by_name, out, track, trained_by, progress)
     finally:
         if pool is not None:
             pool.close()
         bar.close()
     stamp()
+    return _wrap_up(sweep, members, by_name, out, main, share, len(mine), n_workers, track,
+                    t_start, print_fn)  # fmt: skip
+
+
+def _choose_workers(
+    workers: int | str,
+    stages: list[list[workers_lib.Unit]],
+    members: list[Member],
+    work: dict[str, float],
+    out: Path,
+    print_fn,
+) -> tuple[int, list[workers_lib.Slice], workers_lib.Machine | None]:
+    """How many workers train side by side, on which slices of the machine; and the machine,
+    probed (None when `workers` is 1: this process trains, and probes nothing)."""
+    if workers == 1:
+        return 1, [], None
+
+    def left(units) -> list[float]:
+        todo = [sum(work[n] for n in u.members if _done(out / "runs" / n) is None) for u in units]
+        return [c for c in todo if c > 0]
+
+    machine = workers_lib.probe_machine()
+    if workers == "auto":
+        n_workers, why = workers_lib.auto_workers(machine, [left(s) for s in stages], members)
+        print_fn(f"workers: {n_workers} ({why})")
+    else:
+        n_workers = int(workers)
+    slices = []
+    if n_workers > 1:
+        slices = workers_lib.plan_slices(machine, n_workers, members, f"--workers {workers}")
+    return n_workers, slices, machine
+
+
+def _stamper(out: Path, main: bool, n_workers: int, share: workers_lib.Share):
+    """stamp(): record this invocation (host, start, now, workers, share) in invocations/, so
+    time_breakdown can add up the wall time of every invocation and host."""
+    host = socket.gethostname()
+    t_wall = time.time()
+    inv_dir = out / "invocations"
+    inv_file = inv_dir / f"{host}-{os.getpid()}-{int(t_wall)}.json"
+
+    def stamp() -> None:
+        if main:
+            inv_dir.mkdir(exist_ok=True)
+            atomic_write(inv_file, json.dumps({
+                "host": host, "start": t_wall, "end": time.time(), "workers": n_workers,
+                "share": [share.index, share.count]}))  # fmt: skip
+
+    return stamp
+
+
+def _progress_bar(name: str, flops_total: float, progress: bool):
+    """The sweep's bar, in TFLOPs of this host's share."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=flops_total / 1e12, unit="TFLOP", desc=f"sweep {name}",
+        disable=not progress, position=0, dynamic_ncols=True, bar_format=(
+            "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total:.2f} TFLOP "
+            "[{elapsed}<{remaining}] {postfix}"
+        ),
+    )  # fmt: skip
+
+
+def _train_here(
+    units: list[workers_lib.Unit],
+    by_name: dict[str, Member],
+    out: Path,
+    track: _Progress,
+    trained_by: dict,
+    data_memo: dict,
+    progress: bool,
+) -> None:
+    """Train the units in this process, one after another."""
+    import jax
+
+    trained_by.update(pid=os.getpid(), cpus=sorted(os.sched_getaffinity(0)),
+                      devices=jax.local_device_count())  # fmt: skip
+    for u in units:
+        run_unit(
+            [by_name[n] for n in u.members], out, progress=progress,
+            data_memo=data_memo, trained_by=trained_by,
+            on_start=lambda m, _s: track.start(0, m.name),
+            on_member=lambda m, s, rec: track.member(
+                0, m.name, s is None, rec is not None, (rec or {}).get("timings", {})),
+        )  # fmt: skip
+
+
+def _train_in_pool(pool: workers_lib.Pool, units: list[workers_lib.Unit],
+                   by_name: dict[str, Member], out: Path, track: _Progress, trained_by: dict,
+                   progress: bool) -> None:  # fmt: skip
+    """Train the units on the pool's workers, side by side."""
+
+    def job(u: workers_lib.Unit) -> dict:
+        return {"name": u.name, "out": str(out), "trained_by": trained_by,
+                "members": [member_to_dict(by_name[n]) for n in u.members]}  # fmt: skip
+
+    def on_event(w: int, ev: dict) -> None:
+        if ev["ev"] == "start":
+            track.start(w, ev["member"])
+        elif ev["ev"] == "member":
+            track.member(w, ev["member"], ev["final"], ev["trained"], ev["timings"])
+
+    pool.run(units, job, on_event, tick=track.tick if progress else None)
+
+
+def _wrap_up(sweep: SweepConfig, members: list[Member], by_name: dict[str, Member], out: Path,
+             main: bool, share: workers_lib.Share, n_mine: int, n_workers: int, track: _Progress,
+             t_start: float, print_fn) -> dict:  # fmt: skip
+    """results.csv and curves.csv (process 0), the closing line, and run_sweep's numbers."""
     rows = results_rows(sweep, members, out)
     n_done = len(rows) if main else 0
     if main:
@@ -880,7 +935,7 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
         write_csv(out / "curves.csv", curve_rows(members, out))
     total = time.perf_counter() - t_start
     run_wall = sum(r["wall_s"] for r in rows)
-    whose = (f"worker {share.index} of {share.count}: {len(mine)} members of its share "
+    whose = (f"worker {share.index} of {share.count}: {n_mine} members of its share "
              if share.count > 1 else f"{len(members)} members ")  # fmt: skip
     print_fn(
         f"{whose}({track.skipped} already done); {n_done} of {len(members)} done in all -> "
@@ -928,7 +983,7 @@ def _share_rule(sweep: SweepConfig, lr_members: list[Member], out: Path, main: b
         doc = fit_lr_rule(_lr_points(sweep, lr_members, out))
         doc["tokens_per_param"] = sweep.lr_sweep_tokens_per_param
         doc["convention"] = sweep.flops_convention
-        workers_lib.atomic_write(out / "lr.json", json.dumps(doc, indent=1))
+        atomic_write(out / "lr.json", json.dumps(doc, indent=1))
         kp[:] = doc["rule"]["k"], doc["rule"]["p"]
     if multi:
         from jax.experimental import multihost_utils
@@ -1048,7 +1103,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    workers_lib.atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- command line
@@ -1059,8 +1114,6 @@ def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) ->
     base = config_lib.from_dict(sweep.base)
     peak = peak or base.train.peak_flops  # the target machine's, when the sweep file says
     if peak is None:
-        from lm.hardware.peak import peak_flops, precision_of
-
         dtype = precision.compute_dtype(base.model)  # bf16 members: the bf16-operand peak
         peak = peak_flops(base.data.cache_dir, precision=precision_of(dtype))
     rate = peak * sweep.mfu_estimate

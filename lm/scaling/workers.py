@@ -22,7 +22,8 @@ A member's numbers do not depend on where it ran: its batch at step s is a pure 
 thread pool of the process that started it (see `worker_main`). On accelerators a worker's
 sub-mesh has fewer devices than the whole machine, which splits reductions differently.
 
-This module imports no JAX at the top: a worker sets its environment before JAX starts.
+This module imports no JAX at the top (its own imports load none): a worker sets its
+environment before JAX starts.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lm.config import ConfigError
+from lm.hardware.xla_env import configure
+from lm.util import dirlock
 
 # ---------------------------------------------------------------- units
 
@@ -288,8 +293,7 @@ def _split(items: tuple[int, ...], n: int) -> list[tuple[int, ...]]:
 
 def check_submesh(members: Iterable, k: int, why: str) -> None:
     """Each member's mesh on k devices exists, and its batch splits evenly over data x fsdp."""
-    from lm.config import ConfigError
-    from lm.training import sharding
+    from lm.training import sharding  # lazy: JAX, which a worker must configure first
 
     seen = set()
     for m in members:
@@ -316,8 +320,6 @@ def plan_slices(machine: Machine, workers: int, members: Iterable, why: str = ""
     """`workers` disjoint slices of the machine, each able to train every member: on CPU, the
     cores in contiguous groups (and the host devices, when XLA_FLAGS asks for several); on an
     accelerator, the devices in equal contiguous groups."""
-    from lm.config import ConfigError
-
     why = why or f"--workers {workers}"
     if workers < 1:
         raise ConfigError(f"{why}: needs at least 1 worker")
@@ -367,7 +369,7 @@ def member_bytes(m) -> float:
     """Rough training memory of one member: fp32 params, grads and two Adam moments, plus
     activations saved for the backward pass (~16 d floats per token and layer, and the
     logits)."""
-    from lm.model import flops
+    from lm.model import flops  # lazy: JAX, which a worker must configure first
 
     t, mc = m.cfg.train, m.cfg.model
     params = flops.count_params(mc)["total"]
@@ -433,8 +435,6 @@ def auto_workers(machine: Machine, stages: list[list[float]], members: list,
 
 
 def _splits_badly(members, k: int) -> bool:
-    from lm.config import ConfigError
-
     try:
         check_submesh(members, k, "auto")
     except ConfigError:
@@ -454,11 +454,10 @@ _WORKER_CODE = "import sys; from lm.scaling.workers import worker_main; worker_m
 
 def _reraise(ev: dict, log: Path) -> None:
     """The worker's exception as the class the command line knows how to report, if any."""
-    from lm.config import ConfigError
-    from lm.training import checkpoint, loop
-    from lm.util import dirlock
+    # lazy: JAX and the training stack, which only a failing worker's parent needs here
+    from lm.training import checkpoint, loop, rundir
 
-    known = (ConfigError, loop.TrainingDiverged, loop.RunDirError, checkpoint.CheckpointError,
+    known = (ConfigError, loop.TrainingDiverged, rundir.RunDirError, checkpoint.CheckpointError,
              dirlock.Busy)  # fmt: skip
     msg = f"{ev.get('member') or ev['unit']}: {ev['message']}"
     for cls in known:
@@ -652,8 +651,6 @@ def worker_main(trainer: str) -> None:
     exact = os.environ.get("LM_SWEEP_EXACT", "1") != "0"
     if mask and not exact:
         os.sched_setaffinity(0, mask)
-    from lm.hardware.xla_env import configure
-
     configure()
     import jax
 
@@ -695,14 +692,6 @@ def worker_main(trainer: str) -> None:
 
 
 # ---------------------------------------------------------------- shared-directory helpers
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write by rename from a name of this process's own, so writers on several hosts never
-    share a temporary file and readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.uname().nodename}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def wall_union(intervals: Iterable[tuple[float, float]]) -> float:

@@ -16,8 +16,10 @@ another model name; 429 when the waiting queue is full; 503 when the engine has 
 
 Sampling: temperature (0 greedy), top_p, and as extensions top_k and min_p (the OpenAI
 client passes them in `extra_body`), applied in that order after temperature as `lm sample`
-does. Choice j of a request with `seed` s is drawn with jax.random.fold_in(PRNGKey(s), j),
-which is the key `lm sample --seed s` uses for its sample j, so the two give the same text.
+does; a body becomes a `SamplingParams`, whose checks are the ranges (the body caps only
+temperature, at OpenAI's 2). Choice j of a request with `seed` s is drawn with
+jax.random.fold_in(PRNGKey(s), j), which is the key `lm sample --seed s` uses for its sample j,
+so the two give the same text.
 Logprobs are the model's own (softmax of the raw logits), before temperature and filters.
 Text prompts get BOS in front, as every training document starts; token-id prompts are used
 exactly as given.
@@ -26,6 +28,7 @@ exactly as given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import socket
@@ -33,8 +36,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
+import jax
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -42,8 +46,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lm.data import pieces as pieces_lib
+from lm.inference import engine
 from lm.inference.load import need_transformer, open_run
+from lm.inference.numpy_runner import decoder
+from lm.inference.request import (
+    DEFAULT_NEW_TOKENS,
+    RequestError,
+    SamplingParams,
+    check_prompt,
+    new_token_budget,
+)
+from lm.serving import inspector
 from lm.serving.textstream import CHAT_STOP, TextStream, chat_prompt
+from lm.util.fonts import cjk_font_path
 
 STATIC = Path(__file__).parent / "static"
 MAX_N = 32
@@ -51,18 +66,17 @@ MAX_STOPS = 4
 
 # ---------------------------------------------------------------- request bodies
 
-Prob = Annotated[float, Field(gt=0, le=1)]
-
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")  # an unknown field is a 400, not ignored
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: Prob = 1.0
-    top_k: int | None = Field(None, ge=1)  # extension, as vLLM spells it
-    min_p: float = Field(0.0, ge=0, lt=1)  # extension
+    # the sampling values' ranges are SamplingParams' (`_sampling_params`)
+    temperature: float = Field(1.0, le=2)  # OpenAI's limit, above what the model allows
+    top_p: float = 1.0
+    top_k: int | None = None  # extension, as vLLM spells it
+    min_p: float = 0.0  # extension
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
@@ -150,10 +164,10 @@ class InspectBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str | None = None
     ids: list[int] | None = None
-    temperature: float = Field(1.0, ge=0, le=100)
-    top_k: int | None = Field(None, ge=1)
-    top_p: Prob = 1.0
-    min_p: float = Field(0.0, ge=0, lt=1)
+    temperature: float = Field(1.0, le=100)  # the page's cap; the ranges are SamplingParams'
+    top_k: int | None = None
+    top_p: float = 1.0
+    min_p: float = 0.0
     seed: int = Field(0, ge=0, lt=2**31)
     max_new: int = Field(40, ge=0, le=4096)
 
@@ -200,18 +214,13 @@ class Served:
 
     def __init__(self, cfg, tok, params, name: str, slots: int = 16, max_waiting: int = 256,
                  chunk: int = 4):  # fmt: skip
-        from lm.inference import engine
-
         self.cfg, self.tok, self.params, self.name = cfg, tok, params, name
         self.m = cfg.model
         self.engine = engine.Engine(params, self.m, slots=slots, max_waiting=max_waiting,
                                     chunk=chunk, pad_id=tok.pad_id)  # fmt: skip
         self.created = int(time.time())
-        self._decode_ok = lambda ids: tok.decode([i for i in ids if i < tok.vocab_size])
+        self.decode = decoder(tok)  # ids -> text, skipping ids past the tokenizer
         self.inspect_lock = threading.Lock()
-
-    def decode(self, ids: list[int]) -> str:
-        return self._decode_ok(ids)
 
     def encode(self, text: str, param: str) -> list[int]:
         try:
@@ -244,7 +253,7 @@ class Choice:
         self.text = ""
         self.entries: list[dict] = []
         self.finish_reason: str | None = None
-        self.seq = None
+        self.seq: engine.Sequence | None = None
 
     def _post(self, event) -> None:
         try:
@@ -281,348 +290,192 @@ class Choice:
         self._post(("done", self.index, reason))
 
 
-# ---------------------------------------------------------------- the app
+# ---------------------------------------------------------------- one request's life
 
 
-def create_app(served: Served, api_key: str | None = None):
-    """The FastAPI app; the engine starts with the app and stops with it."""
-    import contextlib
+def _sampling_params(body: _Body) -> SamplingParams:
+    try:
+        return SamplingParams(body.temperature, body.top_k, body.top_p, body.min_p)
+    except RequestError as e:
+        raise ApiError(400, f"{e.field}: {e.rule}", param=e.field) from None
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        if served.engine._thread is None:
-            served.engine.start()
+
+def _budgets(served: Served, body: _Body, prompts: list[list[int]], chat: bool,
+             bos: bool) -> list[int]:  # fmt: skip
+    """Each prompt's new tokens: max_tokens, or as many as fit up to OpenAI's default of 16
+    for completions (DEFAULT_NEW_TOKENS for chat). `bos`: the prompts are text, BOS added."""
+    S, V = served.m.max_seq_len, served.m.vocab_size
+    default = DEFAULT_NEW_TOKENS if chat else 16
+    budgets = []
+    for i, ids in enumerate(prompts):
+        where = "messages" if chat else ("prompt" if len(prompts) == 1 else f"prompt[{i}]")
         try:
-            yield
-        finally:
-            served.engine.stop()
-
-    app = FastAPI(title="lm serve", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)  # fmt: skip
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request, e: ApiError):
-        headers = {"Retry-After": "1"} if e.status in (429, 503) else None
-        return JSONResponse(e.body(), status_code=e.status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e: RequestValidationError):
-        msg, param = _validation_message(e)
-        return JSONResponse(ApiError(400, msg, param=param).body(), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request, e: StarletteHTTPException):
-        type_ = "invalid_request_error" if e.status_code < 500 else "server_error"
-        body = ApiError(e.status_code, str(e.detail), type_).body()
-        return JSONResponse(body, status_code=e.status_code)
-
-    @app.exception_handler(Exception)
-    async def _crash(request, e: Exception):  # a bug: answer 500, keep serving
-        first = str(e).splitlines()[0] if str(e) else ""
-        body = ApiError(500, f"{type(e).__name__}: {first}", "server_error").body()
-        return JSONResponse(body, status_code=500)
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        path = request.url.path
-        if api_key and (path.startswith("/v1/") or path.startswith("/api/")):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                body = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                                "invalid_request_error", code="invalid_api_key").body()  # fmt: skip
-                return JSONResponse(body, status_code=401)
-        return await call_next(request)
-
-    async def _body(request: Request, cls):
-        """Parse and validate a JSON body ourselves: every failure is our 400."""
-        raw = await request.body()
+            check_prompt(ids, V, where)
+        except RequestError as e:
+            raise ApiError(400, str(e), param=where) from None
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "the request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            msg, param = _validation_message(e)
-            raise ApiError(400, msg, param=param) from None
+            n = new_token_budget(len(ids), S, body.max_tokens, default=default,
+                                 field="max_tokens", prompt=where, bos=bos)  # fmt: skip
+        except RequestError as e:
+            raise ApiError(400, str(e), param=e.field, code="context_length_exceeded") from None
+        budgets.append(n)
+    return budgets
 
-    def _check_model(body) -> None:
-        if body.model != served.name:
-            raise ApiError(404, f"model {body.model!r} does not exist; this server has "
-                           f"{served.name!r}", param="model", code="model_not_found")  # fmt: skip
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [_model_card()]}
+def _base_key(seed: int | None) -> jax.Array:
+    """The request's key: choice j draws with fold_in(key, j), as `lm sample --seed` does."""
+    seed = seed if seed is not None else secrets.randbits(31)
+    try:
+        return jax.random.PRNGKey(seed)
+    except (OverflowError, ValueError, TypeError):
+        raise ApiError(400, f"seed: {seed} is out of range", param="seed") from None
 
-    @app.get("/v1/models/{name}")
-    async def model_card(name: str):
-        if name != served.name:
-            raise ApiError(404, f"model {name!r} does not exist", code="model_not_found")
-        return _model_card()
 
-    def _model_card():
-        return {"id": served.name, "object": "model", "created": served.created,
-                "owned_by": "lm", "max_model_len": served.m.max_seq_len}  # fmt: skip
+class Generation:
+    """One request on the engine: n choices per prompt, the events they post, and the answer,
+    as server-sent events (`stream`) or one JSON body (`collect`)."""
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", **served.engine.load}
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await _body(request, CompletionBody)
-        _check_model(body)
-        p = body.prompt
-        if isinstance(p, str):
-            texts, prompts = [p], [served.encode(p, "prompt")]
-        elif all(isinstance(x, str) for x in p):
-            texts, prompts = list(p), [served.encode(x, f"prompt[{i}]") for i, x in enumerate(p)]
-        elif all(isinstance(x, int) for x in p):
-            texts, prompts = [served.decode(p)], [list(p)]
-        else:
-            texts, prompts = [served.decode(x) for x in p], [list(x) for x in p]
-        return await _generate(request, body, prompts, texts, chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        body = await _body(request, ChatBody)
-        _check_model(body)
-        text = chat_prompt({"role": m.role, "content": m.text()} for m in body.messages)
-        if body.max_completion_tokens is not None:
-            body.max_tokens = body.max_completion_tokens
-        return await _generate(request, body, [served.encode(text, "messages")], [text],
-                               chat=True)  # fmt: skip
-
-    async def _generate(request, body, prompts, texts, chat: bool):
-        import jax
-
-        from lm.inference import engine as engine_lib
-        from lm.inference.numpy_runner import RequestError, new_token_budget
-
-        S, V = served.m.max_seq_len, served.m.vocab_size
-        budgets = []
-        for i, ids in enumerate(prompts):
-            where = "messages" if chat else ("prompt" if len(prompts) == 1 else f"prompt[{i}]")
-            if not ids:
-                raise ApiError(400, f"{where}: no tokens", param=where)
-            if min(ids) < 0 or max(ids) >= V:
-                raise ApiError(400, f"{where}: token ids must be in [0, {V})", param=where)
-            room = S - len(ids)
-            if room < 1:
-                raise ApiError(
-                    400, f"{where}: {len(ids)} tokens (with BOS) fill the model's context of "
-                    f"{S} tokens; nothing can be generated", param=where,
-                    code="context_length_exceeded",
-                )  # fmt: skip
-            if body.max_tokens is not None:
-                if body.max_tokens > room:
-                    raise ApiError(
-                        400, f"max_tokens: {len(ids)} prompt tokens (with BOS) + max_tokens "
-                        f"{body.max_tokens} exceed the model's context of {S} tokens",
-                        param="max_tokens", code="context_length_exceeded",
-                    )  # fmt: skip
-                budgets.append(body.max_tokens)
-            elif chat:
-                try:
-                    budgets.append(new_token_budget(len(ids), S, None))
-                except RequestError as e:
-                    raise ApiError(400, str(e), param="messages") from None
-            else:
-                budgets.append(min(16, room))  # OpenAI's default for completions
+    def __init__(self, served: Served, body: _Body, texts: list[str], chat: bool):
+        self.served, self.body, self.texts, self.chat = served, body, texts, chat
         if chat:
-            want_lp, n_top = body.logprobs, (body.top_logprobs or 0) if body.logprobs else 0
+            self.want_lp = body.logprobs
+            self.n_top = (body.top_logprobs or 0) if body.logprobs else 0
         else:
-            want_lp, n_top = body.logprobs is not None, body.logprobs or 0
-        seed = body.seed if body.seed is not None else secrets.randbits(31)
-        try:
-            base = jax.random.PRNGKey(seed)
-        except (OverflowError, ValueError, TypeError):
-            raise ApiError(400, f"seed: {seed} is out of range", param="seed") from None
-        settings = engine_lib.Settings(
-            temperature=body.temperature, top_k=body.top_k,
-            top_p=None if body.top_p >= 1 else body.top_p,
-            min_p=None if body.min_p <= 0 else body.min_p, top_logprobs=n_top,
-        )  # fmt: skip
-        stops = body.stops() + ([CHAT_STOP] if chat else [])
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        choices: list[Choice] = []
-        seqs = []
+            self.want_lp, self.n_top = body.logprobs is not None, body.logprobs or 0
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.choices: list[Choice] = []
+        self.prompt_tokens = 0
+        self.rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+
+    def submit(self, prompts: list[list[int]], budgets: list[int], sp: SamplingParams,
+               key: jax.Array) -> None:  # fmt: skip
+        """Queue every choice on the engine, all or none."""
+        loop, n = asyncio.get_running_loop(), self.body.n
+        stops = self.body.stops() + ([CHAT_STOP] if self.chat else [])
         for i, ids in enumerate(prompts):
-            for j in range(body.n):
-                c = Choice(served, i * body.n + j, stops, chat, queue, loop, want_lp)
-                c.seq = engine_lib.Sequence(
-                    ids, budgets[i], jax.random.fold_in(base, j), settings, c.feed, c.finish,
-                    eos_id=served.tok.eos_id,
+            for j in range(n):
+                c = Choice(self.served, i * n + j, stops, self.chat, self.queue, loop,
+                           self.want_lp)  # fmt: skip
+                c.seq = engine.Sequence(
+                    ids, budgets[i], jax.random.fold_in(key, j), sp, c.feed, c.finish,
+                    eos_id=self.served.tok.eos_id, top_logprobs=self.n_top,
                 )  # fmt: skip
-                choices.append(c)
-                seqs.append(c.seq)
+                self.choices.append(c)
+        self.prompt_tokens = sum(len(ids) * n for ids in prompts)
         try:
-            served.engine.submit(seqs)
-        except engine_lib.QueueFull as e:
+            self.served.engine.submit([c.seq for c in self.choices])
+        except engine.QueueFull as e:
             raise ApiError(429, f"the server is busy: {e}", "rate_limit_exceeded",
                            code="queue_full") from None  # fmt: skip
-        except engine_lib.EngineStopped as e:
+        except engine.EngineStopped as e:
             raise ApiError(503, f"the server is not generating: {e}", "server_error") from None
         except ValueError as e:
             raise ApiError(400, str(e)) from None
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
-        prompt_tokens = sum(len(ids) * body.n for ids in prompts)
-        echo = [texts[c.index // body.n] if (not chat and body.echo) else "" for c in choices]
 
-        def usage():
-            done = sum(c.completion_tokens for c in choices)
-            return {"prompt_tokens": prompt_tokens, "completion_tokens": done,
-                    "total_tokens": prompt_tokens + done}  # fmt: skip
+    def usage(self) -> dict:
+        done = sum(c.completion_tokens for c in self.choices)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done,
+                "total_tokens": self.prompt_tokens + done}  # fmt: skip
 
-        def cancel_all():
-            for c in choices:
-                if c.finish_reason is None:
-                    served.engine.cancel(c.seq)
+    def cancel_all(self) -> None:
+        for c in self.choices:
+            if c.finish_reason is None:
+                self.served.engine.cancel(c.seq)
 
-        if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            obj = "chat.completion.chunk" if chat else "text_completion"
+    def echo(self, c: Choice) -> str:
+        """The prompt's text ahead of a completion, when the body asks for echo."""
+        return self.texts[c.index // self.body.n] if not self.chat and self.body.echo else ""
 
-            def chunk(choice_list, **extra):
-                return "data: " + json.dumps({"id": rid, "object": obj, "created": created,
-                                              "model": served.name, "choices": choice_list,
-                                              **extra}) + "\n\n"  # fmt: skip
+    def logprobs(self, entries: list[dict]) -> dict | None:
+        return _logprobs(entries, self.chat, self.n_top) if self.want_lp else None
 
-            async def events():
-                open_ = len(choices)
-                try:
-                    if chat:  # the role comes first, once per choice
-                        for c in choices:
-                            yield chunk([{"index": c.index, "delta": {"role": "assistant",
-                                          "content": ""}, "logprobs": None,
-                                          "finish_reason": None}])  # fmt: skip
-                    elif body.echo:
-                        for c in choices:
-                            yield chunk([{"index": c.index, "text": echo[c.index],
-                                          "logprobs": None, "finish_reason": None}])  # fmt: skip
-                    while open_:
-                        ev = await queue.get()
-                        if ev[0] == "delta":
-                            _, idx, text, entries = ev
-                            lp = _logprobs(entries, chat, n_top) if want_lp else None
-                            if chat:
-                                yield chunk([{"index": idx, "delta": {"content": text},
-                                              "logprobs": lp, "finish_reason": None}])  # fmt: skip
-                            else:
-                                yield chunk([{"index": idx, "text": text, "logprobs": lp,
-                                              "finish_reason": None}])  # fmt: skip
-                        else:
-                            _, idx, reason = ev
-                            open_ -= 1
-                            if reason.startswith("error"):
-                                err = ApiError(500, reason, "server_error").body()
-                                yield "data: " + json.dumps(err) + "\n\n"
-                                continue
-                            fin = _finish(reason)
-                            if chat:
-                                yield chunk([{"index": idx, "delta": {}, "logprobs": None,
-                                              "finish_reason": fin}])  # fmt: skip
-                            else:
-                                yield chunk([{"index": idx, "text": "", "logprobs": None,
-                                              "finish_reason": fin}])  # fmt: skip
-                    if include_usage:
-                        yield chunk([], usage=usage())
-                    yield "data: [DONE]\n\n"
-                finally:  # the client went away early: free the slots
-                    cancel_all()
+    # ------------------------------------------------------------ streamed
 
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    def _chunk(self, choice_list: list[dict], **extra) -> str:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return "data: " + json.dumps({"id": self.rid, "object": obj, "created": self.created,
+                                      "model": self.served.name, "choices": choice_list,
+                                      **extra}) + "\n\n"  # fmt: skip
 
+    def _opening(self, c: Choice) -> str | None:
+        """What a choice's stream starts with: the role (chat), or the echoed prompt."""
+        if self.chat:
+            part = {"delta": {"role": "assistant", "content": ""}}
+        elif self.body.echo:
+            part = {"text": self.echo(c)}
+        else:
+            return None
+        return self._chunk([{"index": c.index, **part, "logprobs": None, "finish_reason": None}])
+
+    def _event(self, ev: tuple) -> str:
+        """One event from the engine thread as a server-sent event."""
+        if ev[0] == "delta":
+            _, idx, text, entries = ev
+            part = {"delta": {"content": text}} if self.chat else {"text": text}
+            return self._chunk([{"index": idx, **part, "logprobs": self.logprobs(entries),
+                                 "finish_reason": None}])  # fmt: skip
+        _, idx, reason = ev
+        if reason.startswith("error"):
+            return "data: " + json.dumps(ApiError(500, reason, "server_error").body()) + "\n\n"
+        part = {"delta": {}} if self.chat else {"text": ""}
+        return self._chunk([{"index": idx, **part, "logprobs": None,
+                             "finish_reason": _finish(reason)}])  # fmt: skip
+
+    async def events(self):
         try:
-            open_ = len(choices)
+            for c in self.choices:
+                if (first := self._opening(c)) is not None:
+                    yield first
+            open_ = len(self.choices)
             while open_:
-                ev = await queue.get()
-                if ev[0] == "done":
-                    open_ -= 1
+                ev = await self.queue.get()
+                open_ -= ev[0] == "done"
+                yield self._event(ev)
+            if (self.body.stream_options or {}).get("include_usage"):
+                yield self._chunk([], usage=self.usage())
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away early: free the slots
+            self.cancel_all()
+
+    def stream(self) -> StreamingResponse:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(self.events(), media_type="text/event-stream", headers=headers)
+
+    # ------------------------------------------------------------ all at once
+
+    async def collect(self) -> dict:
+        try:
+            open_ = len(self.choices)
+            while open_:
+                ev = await self.queue.get()
+                open_ -= ev[0] == "done"
         finally:
-            cancel_all()
-        errors = [c.finish_reason for c in choices if c.finish_reason.startswith("error")]
+            self.cancel_all()
+        errors = [c.finish_reason for c in self.choices if c.finish_reason.startswith("error")]
         if errors:
             raise ApiError(500, errors[0], "server_error")
-        out = []
-        for c in choices:
-            lp = _logprobs(c.entries, chat, n_top) if want_lp else None
-            if chat:
-                out.append(
-                    {
-                        "index": c.index,
-                        "message": {"role": "assistant", "content": c.text},
-                        "logprobs": lp,
-                        "finish_reason": _finish(c.finish_reason),
-                    }
-                )
-            else:
-                out.append({"index": c.index, "text": echo[c.index] + c.text, "logprobs": lp,
-                            "finish_reason": _finish(c.finish_reason)})  # fmt: skip
-        return {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                "created": created, "model": served.name, "choices": out,
-                "usage": usage()}  # fmt: skip
+        return {"id": self.rid, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.served.name,
+                "choices": [self._final(c) for c in self.choices],
+                "usage": self.usage()}  # fmt: skip
 
-    # ------------------------------------------------------------ the inspector page
+    def _final(self, c: Choice) -> dict:
+        lp, fin = self.logprobs(c.entries), _finish(c.finish_reason)
+        if self.chat:
+            message = {"role": "assistant", "content": c.text}
+            return {"index": c.index, "message": message, "logprobs": lp, "finish_reason": fin}
+        return {"index": c.index, "text": self.echo(c) + c.text, "logprobs": lp,
+                "finish_reason": fin}  # fmt: skip
 
-    @app.get("/")
-    async def page():
-        return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.get("/favicon.ico")
-    async def favicon():
-        return Response(status_code=204)
-
-    @app.get("/font/cjk")
-    async def cjk_font():
-        # the browser may have no CJK font either (a bare Debian has none): the page uses
-        # the same packaged font as the figures, from here, so it works offline
-        from lm.util.fonts import cjk_font_path
-
-        path = cjk_font_path()
-        if path is None:
-            raise ApiError(404, "no CJK font installed (pip install matplotlib-fontja)")
-        kind = "font/collection" if path.suffix == ".ttc" else "font/ttf"
-        return FileResponse(path, media_type=kind, headers={"Cache-Control": "max-age=86400"})
-
-    @app.get("/static/{name}")
-    async def static(name: str):
-        path = STATIC / name
-        if "/" in name or name.startswith(".") or not path.is_file():
-            raise ApiError(404, f"no static file {name!r}")
-        kinds = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
-        return FileResponse(path, media_type=kinds.get(path.suffix, "application/octet-stream"))
-
-    @app.get("/api/info")
-    async def info():
-        from lm.serving import inspector
-
-        return inspector.info(served)
-
-    async def _inspector_call(request: Request, what: str):
-        # The page's numbers: computed off the event loop, a bad prompt is a 400.
-        from lm.serving import inspector
-
-        body = await _body(request, InspectBody)
-        try:
-            return await asyncio.to_thread(getattr(inspector, what), served, body)
-        except ValueError as e:
-            raise ApiError(400, str(e)) from None
-
-    @app.post("/api/inspect")
-    async def inspect_(request: Request):
-        return await _inspector_call(request, "inspect")
-
-    @app.post("/api/stages")
-    async def stages(request: Request):
-        return await _inspector_call(request, "stages")
-
-    return app
+async def _generate(served: Served, body: _Body, prompts: list[list[int]], texts: list[str],
+                    chat: bool, bos: bool = True):  # fmt: skip
+    sp = _sampling_params(body)
+    budgets = _budgets(served, body, prompts, chat, bos)
+    gen = Generation(served, body, texts, chat)
+    gen.submit(prompts, budgets, sp, _base_key(body.seed))
+    return gen.stream() if body.stream else await gen.collect()
 
 
 def _finish(reason: str) -> str:
@@ -644,6 +497,216 @@ def _logprobs(entries: list[dict], chat: bool, n_top: int) -> dict:
         "top_logprobs": [{t["token"]: t["logprob"] for t in e["top"][:n_top]} for e in entries],
         "text_offset": offsets,
     }
+
+
+# ---------------------------------------------------------------- errors, auth, bodies
+
+
+async def _api_error(request: Request, e: ApiError):
+    headers = {"Retry-After": "1"} if e.status in (429, 503) else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+async def _invalid(request: Request, e: RequestValidationError):
+    msg, param = _validation_message(e)
+    return JSONResponse(ApiError(400, msg, param=param).body(), status_code=400)
+
+
+async def _http(request: Request, e: StarletteHTTPException):
+    type_ = "invalid_request_error" if e.status_code < 500 else "server_error"
+    body = ApiError(e.status_code, str(e.detail), type_).body()
+    return JSONResponse(body, status_code=e.status_code)
+
+
+async def _crash(request: Request, e: Exception):  # a bug: answer 500, keep serving
+    first = str(e).splitlines()[0] if str(e) else ""
+    body = ApiError(500, f"{type(e).__name__}: {first}", "server_error").body()
+    return JSONResponse(body, status_code=500)
+
+
+async def _auth(request: Request, call_next):
+    api_key, path = request.app.state.api_key, request.url.path
+    if api_key and (path.startswith("/v1/") or path.startswith("/api/")):
+        if request.headers.get("authorization", "") != f"Bearer {api_key}":
+            body = ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                            "invalid_request_error", code="invalid_api_key").body()  # fmt: skip
+            return JSONResponse(body, status_code=401)
+    return await call_next(request)
+
+
+async def _body(request: Request, cls):
+    """Parse and validate a JSON body ourselves: every failure is our 400."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        msg, param = _validation_message(e)
+        raise ApiError(400, msg, param=param) from None
+
+
+def _served(request: Request) -> Served:
+    return request.app.state.served
+
+
+def _check_model(served: Served, body: _Body) -> None:
+    if body.model != served.name:
+        raise ApiError(404, f"model {body.model!r} does not exist; this server has "
+                       f"{served.name!r}", param="model", code="model_not_found")  # fmt: skip
+
+
+# ---------------------------------------------------------------- the OpenAI routes
+
+
+def _model_card(served: Served) -> dict:
+    return {"id": served.name, "object": "model", "created": served.created,
+            "owned_by": "lm", "max_model_len": served.m.max_seq_len}  # fmt: skip
+
+
+async def models(request: Request):
+    return {"object": "list", "data": [_model_card(_served(request))]}
+
+
+async def model_card(name: str, request: Request):
+    served = _served(request)
+    if name != served.name:
+        raise ApiError(404, f"model {name!r} does not exist", code="model_not_found")
+    return _model_card(served)
+
+
+async def health(request: Request):
+    return {"status": "ok", **_served(request).engine.load}
+
+
+async def completions(request: Request):
+    served = _served(request)
+    body = await _body(request, CompletionBody)
+    _check_model(served, body)
+    p = body.prompt
+    if isinstance(p, str):
+        texts, prompts = [p], [served.encode(p, "prompt")]
+    elif all(isinstance(x, str) for x in p):
+        texts, prompts = list(p), [served.encode(x, f"prompt[{i}]") for i, x in enumerate(p)]
+    elif all(isinstance(x, int) for x in p):
+        texts, prompts = [served.decode(p)], [list(p)]
+    else:
+        texts, prompts = [served.decode(x) for x in p], [list(x) for x in p]
+    text_prompts = isinstance(p, str) or all(isinstance(x, str) for x in p)
+    return await _generate(served, body, prompts, texts, chat=False, bos=text_prompts)
+
+
+async def chat_completions(request: Request):
+    served = _served(request)
+    body = await _body(request, ChatBody)
+    _check_model(served, body)
+    text = chat_prompt({"role": m.role, "content": m.text()} for m in body.messages)
+    if body.max_completion_tokens is not None:
+        body.max_tokens = body.max_completion_tokens
+    return await _generate(served, body, [served.encode(text, "messages")], [text], chat=True)
+
+
+# ---------------------------------------------------------------- the inspector page
+
+
+async def page():
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+async def favicon():
+    return Response(status_code=204)
+
+
+async def cjk_font():
+    # the browser may have no CJK font either (a bare Debian has none): the page uses
+    # the same packaged font as the figures, from here, so it works offline
+    path = cjk_font_path()
+    if path is None:
+        raise ApiError(404, "no CJK font installed (pip install matplotlib-fontja)")
+    kind = "font/collection" if path.suffix == ".ttc" else "font/ttf"
+    return FileResponse(path, media_type=kind, headers={"Cache-Control": "max-age=86400"})
+
+
+async def static(name: str):
+    path = STATIC / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise ApiError(404, f"no static file {name!r}")
+    kinds = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+    return FileResponse(path, media_type=kinds.get(path.suffix, "application/octet-stream"))
+
+
+async def info(request: Request):
+    return inspector.info(_served(request))
+
+
+async def _inspector_call(request: Request, what: str):
+    # The page's numbers: computed off the event loop, a bad prompt is a 400.
+    body = await _body(request, InspectBody)
+    try:
+        return await asyncio.to_thread(getattr(inspector, what), _served(request), body)
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+
+
+async def inspect_(request: Request):
+    return await _inspector_call(request, "inspect")
+
+
+async def stages(request: Request):
+    return await _inspector_call(request, "stages")
+
+
+# ---------------------------------------------------------------- the app
+
+ROUTES = [  # (method, path, handler)
+    ("GET", "/v1/models", models),
+    ("GET", "/v1/models/{name}", model_card),
+    ("GET", "/health", health),
+    ("POST", "/v1/completions", completions),
+    ("POST", "/v1/chat/completions", chat_completions),
+    ("GET", "/", page),
+    ("GET", "/favicon.ico", favicon),
+    ("GET", "/font/cjk", cjk_font),
+    ("GET", "/static/{name}", static),
+    ("GET", "/api/info", info),
+    ("POST", "/api/inspect", inspect_),
+    ("POST", "/api/stages", stages),
+]
+ERROR_HANDLERS = [
+    (ApiError, _api_error),
+    (RequestValidationError, _invalid),
+    (StarletteHTTPException, _http),
+    (Exception, _crash),
+]
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    served = app.state.served
+    if app.state.run_engine:
+        served.engine.start()
+    try:
+        yield
+    finally:
+        served.engine.stop()
+
+
+def create_app(served: Served, api_key: str | None = None, run_engine: bool = True) -> FastAPI:
+    """The FastAPI app over `served`: the engine's thread starts with the app and stops with
+    it. `run_engine=False` leaves the stepping to the caller (a test that steps by hand)."""
+    app = FastAPI(title="lm serve", lifespan=_lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)  # fmt: skip
+    app.state.served, app.state.api_key, app.state.run_engine = served, api_key, run_engine
+    for kind, handler in ERROR_HANDLERS:
+        app.add_exception_handler(kind, handler)
+    app.middleware("http")(_auth)
+    for method, path, handler in ROUTES:
+        app.add_api_route(path, handler, methods=[method])
+    return app
 
 
 # ---------------------------------------------------------------- running it

@@ -10,10 +10,14 @@ Reply k (counting from 0) is drawn with fold_in(PRNGKey(seed), k).
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, TextIO
 
+import jax
+
+from lm.inference import sampling
+from lm.inference.numpy_runner import decoder
+from lm.inference.request import RequestError, SamplingParams, new_token_budget
 from lm.serving.textstream import CHAT_STOP, TextStream, chat_prompt
 
 HELP = """commands:
@@ -25,12 +29,19 @@ HELP = """commands:
   /reset        forget the conversation         /quit          leave (also Ctrl-D)"""
 
 
+SAMPLING = ("temperature", "top_k", "top_p", "min_p")  # the settings a SamplingParams holds
+
+
 class Session:
-    """The conversation, the settings, and the model; `handle(line)` does one input line."""
+    """The conversation, the settings, and the model; `handle(line)` does one input line.
+
+    `settings`: temperature, top_k, top_p, min_p (a valid SamplingParams), max_new (None:
+    auto) and seed."""
 
     def __init__(self, cfg, tok, params, settings: dict[str, Any], out: TextIO, system=None):
         self.cfg, self.tok, self.params, self.out = cfg, tok, params, out
         self.settings = settings
+        self.sampling()  # checks the sampling settings
         self.system = system
         self.history: list[dict[str, str]] = []
         self.replies = 0
@@ -52,22 +63,13 @@ class Session:
             if name == "help":
                 self.say(HELP)
             elif name in ("temp", "temperature"):
-                t = float(arg)
-                if not (math.isfinite(t) and t >= 0):
-                    raise ValueError("must be >= 0")
-                s["temperature"] = t
+                self._set_sampling("temperature", float(arg))
             elif name in ("top_k", "topk"):
-                s["top_k"] = None if arg == "off" else _int_at_least(arg, 1)
+                self._set_sampling("top_k", None if arg == "off" else int(arg))
             elif name in ("top_p", "topp"):
-                p = None if arg == "off" else float(arg)
-                if p is not None and not 0 < p <= 1:
-                    raise ValueError("must be in (0, 1]")
-                s["top_p"] = p
+                self._set_sampling("top_p", None if arg == "off" else float(arg))
             elif name in ("min_p", "minp"):
-                p = None if arg == "off" else float(arg)
-                if p is not None and not 0 <= p < 1:
-                    raise ValueError("must be in [0, 1)")
-                s["min_p"] = p
+                self._set_sampling("min_p", None if arg == "off" else float(arg))
             elif name == "max":
                 s["max_new"] = None if arg == "auto" else _int_at_least(arg, 1)
             elif name == "seed":
@@ -87,6 +89,9 @@ class Session:
             else:
                 self.say(f"unknown command /{name}; /help lists them")
                 return True
+        except RequestError as e:  # a sampling value out of range: the rule it breaks
+            self.say(f"/{name}: {e.rule}")
+            return True
         except ValueError as e:
             why = str(e) if "must" in str(e) else f"{arg!r} is not a valid value"
             self.say(f"/{name}: {why}")
@@ -94,6 +99,14 @@ class Session:
         self.say("(" + ", ".join(f"{k}={v}" for k, v in self.settings.items())
                  + (f", system={self.system!r}" if self.system else "") + ")")  # fmt: skip
         return True
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(**{k: self.settings[k] for k in SAMPLING})
+
+    def _set_sampling(self, name: str, value) -> None:
+        """Change one sampling setting, if SamplingParams accepts the result."""
+        SamplingParams(**{**{k: self.settings[k] for k in SAMPLING}, name: value})
+        self.settings[name] = value
 
     # ------------------------------------------------------------ a reply
 
@@ -103,8 +116,6 @@ class Session:
 
     def _fit(self, user: dict) -> tuple[list[int], int] | None:
         """The prompt ids and the token budget, dropping the oldest turns until it fits."""
-        from lm.inference.numpy_runner import RequestError, new_token_budget
-
         S = self.cfg.model.max_seq_len
         dropped = 0
         while True:
@@ -126,11 +137,6 @@ class Session:
         return ids, n
 
     def reply(self, text: str) -> None:
-        import jax
-
-        from lm.inference import sampling
-        from lm.inference.numpy_runner import decoder
-
         user = {"role": "user", "content": text}
         try:
             fitted = self._fit(user)
@@ -145,10 +151,9 @@ class Session:
         stream = TextStream(decoder(self.tok), [CHAT_STOP], lstrip=True)
         eos = self.tok.eos_id
         self.say("assistant> ", end="")
-        chunks = sampling.stream_generate(
-            self.params, self.cfg.model, [ids], key, n, s["temperature"], s["top_k"],
-            s["top_p"], s["min_p"], eos_id=eos, pad_id=self.tok.pad_id, chunk_size=4,
-        )  # fmt: skip
+        chunks = sampling.stream_generate(self.params, self.cfg.model, [ids], key, n,
+                                          self.sampling(), eos_id=eos, pad_id=self.tok.pad_id,
+                                          chunk_size=4)  # fmt: skip
         answer = ""
         try:
             for rows in chunks:

@@ -16,8 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.data import pieces as pieces_lib
+from lm.data.sources import source_for
 from lm.inference import inspection as inspect_lib
 from lm.inference import sampling
+from lm.inference.request import SamplingParams, check_fits, check_prompt
 
 TOP = 10
 MAX_ATTENTION = 96  # positions of attention sent (the last ones); T*T*L*N numbers otherwise
@@ -25,8 +27,6 @@ MAX_STAGE_NUMBERS = 400_000  # stage matrices above this many numbers are left o
 
 
 def info(served) -> dict[str, Any]:
-    from lm.data.sources import source_for
-
     m, tok = served.m, served.tok
     source = source_for(served.cfg.data)
     return {
@@ -47,21 +47,18 @@ def info(served) -> dict[str, Any]:
 
 
 def _ids(served, body) -> list[int]:
-    tok, S = served.tok, served.m.max_seq_len
+    """The body's ids, or its prompt's (BOS first); RequestError (a ValueError) when they are
+    not token ids or do not fit the context."""
+    tok = served.tok
     if body.ids is not None:
-        ids = list(body.ids)
-        if not ids:
-            raise ValueError("ids: empty; give at least BOS")
+        ids, where = list(body.ids), "ids"
     else:
         try:
-            ids = [tok.bos_id, *tok.encode(body.prompt or "")]
+            ids, where = [tok.bos_id, *tok.encode(body.prompt or "")], "prompt"
         except ValueError as e:
             raise ValueError(f"prompt: {e}") from None
-    V = served.m.vocab_size
-    if min(ids) < 0 or max(ids) >= V:
-        raise ValueError(f"ids: token ids must be in [0, {V})")
-    if len(ids) > S:
-        raise ValueError(f"{len(ids)} tokens (with BOS): more than the model's context of {S}")
+    check_prompt(ids, served.m.vocab_size, where)
+    check_fits(len(ids), served.m.max_seq_len, prompt=where, bos=where == "prompt")
     return ids
 
 
@@ -74,14 +71,14 @@ def _probs(z) -> np.ndarray:
 def inspect(served, body) -> dict[str, Any]:
     tok, m = served.tok, served.m
     ids = _ids(served, body)
+    sp = SamplingParams(body.temperature, body.top_k, body.top_p, body.min_p)  # checks them
     with served.inspect_lock:  # one forward pass at a time; the engine has the other core
         rec = inspect_lib.recorded_forward(served.params, m, ids, bucket=16)
     last = rec["logits"][-1]
     T = len(ids)
-    temp = body.temperature
-    top_k = body.top_k
-    top_p = None if body.top_p >= 1 else body.top_p
-    min_p = None if body.min_p <= 0 else body.min_p
+    temp, top_k = sp.temperature, sp.top_k
+    top_p = None if sp.top_p == 1 else sp.top_p  # the page's "off" values
+    min_p = None if sp.min_p == 0 else sp.min_p
     # each filter in turn, as sampling.process_logits applies them, to say who removed what
     z = sampling.apply_temperature(jnp.asarray(last[None]), temp if temp > 0 else 1.0)
     stages = [("temperature", z)]

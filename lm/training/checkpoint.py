@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import weakref
@@ -27,7 +26,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from lm import config as config_lib
+from lm.data.tokenizer import load_tokenizer
 from lm.training import sharding, train
+from lm.util.files import atomic_write
 
 CKPT_DIR = "checkpoints"
 CONFIG_FILE = "config.yaml"
@@ -94,13 +95,8 @@ def _seal(mgr: ocp.CheckpointManager) -> None:
         d = step_dir(mgr, step)
         if not d.is_dir():  # already rotated out by keep_ckpts
             continue
-        tmp = d / f".{DIGEST_FILE}.{os.getpid()}.tmp"
-        try:
-            tmp.write_text(json.dumps(_digests(d), indent=0, sort_keys=True))
-            tmp.replace(d / DIGEST_FILE)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # the checkpoint stays usable, only unverified
-            raise
+        # On failure no digest is left: the checkpoint stays usable, only unverified.
+        atomic_write(d / DIGEST_FILE, json.dumps(_digests(d), indent=0, sort_keys=True))
 
 
 def _save_failed(mgr: ocp.CheckpointManager, step: int | None, e: Exception) -> CheckpointError:
@@ -235,8 +231,6 @@ def restore_latest(
 
 def load_run(run_dir: str | Path, step: int | None = None, mesh=None):
     """(config, params, tokenizer) of a run directory's latest (or given) checkpoint."""
-    from lm.data.tokenizer import load_tokenizer
-
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
@@ -246,16 +240,15 @@ def load_run(run_dir: str | Path, step: int | None = None, mesh=None):
     if step is not None and step not in mgr.all_steps():
         raise FileNotFoundError(f"{run_dir}: no checkpoint of step {step}")
     mesh = mesh or sharding.make_mesh(config_lib.MeshConfig())
-    opt = train.make_optimizer(cfg)
-    abstract, shardings = train.state_specs(cfg, opt, mesh)
+    lay = train.layout(cfg, mesh)
     try:
         if step is None:  # the newest that reads; nothing is renamed by a reader
             warn = lambda s: print(s, file=sys.stderr)  # noqa: E731
-            state, step = restore_latest(mgr, abstract, shardings, warn, move_aside=False)
+            state, step = restore_latest(mgr, lay.abstract, lay.shardings, warn, move_aside=False)
             if step is None:
                 raise FileNotFoundError(f"{run_dir}: no checkpoint yet (train it first)")
         else:
-            state = restore(mgr, step, abstract, shardings)
+            state = restore(mgr, step, lay.abstract, lay.shardings)
     finally:
         mgr.close()
     return cfg, state["params"], tok

@@ -13,13 +13,13 @@ from lm.config import Config, ConfigError
 from lm.data import dataset
 from lm.data.tokenizer import save_tokenizer
 from lm.model import bigram
-from lm.training.loop import (
+from lm.training.loop import unigram_entropy
+from lm.training.rundir import (
     MetricsLog,
     check_run_dir,
     get_tokenizer,
     has_tokenizer,
     prepare_run_dir,
-    unigram_entropy,
 )
 from lm.util import dirlock
 

@@ -30,12 +30,12 @@ def report(cfg: Config, print_fn=print) -> dict:
     cfg, line = precision.resolve(cfg)  # the dtype a run started here would compile in
     print_fn(line)
     mesh = sharding.make_mesh(cfg.mesh)
-    opt = train.make_optimizer(cfg)
-    abstract, shard = train.state_specs(cfg, opt, mesh)
+    lay = train.layout(cfg, mesh)
+    abstract, shard = lay.abstract, lay.shardings
     t = cfg.train
     S, A = t.steps_per_call, t.grad_accum
     batch = jax.ShapeDtypeStruct((S, A, t.batch_size // A, t.seq_len + 1), np.int32)
-    step = train.make_train_step(cfg, opt, mesh)
+    step = train.make_train_step(cfg, lay)
     t0 = time.perf_counter()
     compiled = step.lower(abstract, batch).compile()
     compile_s = time.perf_counter() - t0

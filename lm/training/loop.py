@@ -1,15 +1,10 @@
 """`lm train`: one run directory from one config — data, steps, evals, checkpoints, metrics.
 
-Layout of a run directory:
-  config.yaml          the resolved config (a rerun must match it)
-  tokenizer.model|json the tokenizer, so the run is self-contained
-  metrics.jsonl        one JSON object per line: train lines and eval lines (see README)
-  tb/                  TensorBoard events
-  checkpoints/<step>/  orbax checkpoints of the whole state
-
-Running the same command on an existing run directory resumes from its latest checkpoint; the
-batch at step s is a pure function of (seed, s), so the resumed run reproduces the losses of an
-uninterrupted one.
+The directory's layout and the checks before anything is written there are lm.training.rundir's;
+the compiled programs, shared by every run of one shape, are lm.training.programs'. Running the
+same command on an existing run directory resumes from its latest checkpoint; the batch at step
+s is a pure function of (seed, s), so the resumed run reproduces the losses of an uninterrupted
+one.
 
 A run, in steps: `restore_or_init` gives the train state and its step; `call_schedule` (pure)
 cuts the steps left into calls of the one compiled program, each with the events due at its
@@ -23,12 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
-from concurrent.futures import Future
+from collections import deque
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,360 +31,22 @@ import numpy as np
 from lm import config as config_lib
 from lm.config import Config, ConfigError, TrainConfig
 from lm.data import dataset
-from lm.data.tokenizer import (
-    BYTE_FILE,
-    SP_FILE,
-    Tokenizer,
-    build_tokenizer,
-    load_tokenizer,
-    save_tokenizer,
-)
-from lm.hardware import precision
+from lm.data.tokenizer import Tokenizer, save_tokenizer
+from lm.hardware import peak, precision
 from lm.model import flops
 from lm.training import checkpoint, sharding, train
+from lm.training.programs import Programs, programs
+from lm.training.rundir import (
+    MetricsLog,
+    check_resumable,
+    check_run_dir,
+    copy_metrics,
+    get_tokenizer,
+    has_tokenizer,
+    prepare_run_dir,
+    saved_compute_dtype,
+)
 from lm.util import dirlock
-
-
-class TrainingDiverged(RuntimeError):
-    pass
-
-
-class RunDirError(ValueError):
-    """A run directory in a state training must not touch; the message is one line."""
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def check_run_dir(cfg: Config, run_dir: Path) -> bool:
-    """Check cfg against the run directory's saved config, writing nothing. True when the
-    directory holds one (a resume). Only the keys marked resumable in lm.config may differ."""
-    saved_path = run_dir / checkpoint.CONFIG_FILE
-    if not saved_path.is_file():
-        return False
-    saved = _flat(config_lib.to_dict(config_lib.load(saved_path)))
-    now = _flat(config_lib.to_dict(cfg))
-    if saved.get("model.compute_dtype") == "auto":  # written by lm import-hf: a run takes any
-        saved["model.compute_dtype"] = now.get("model.compute_dtype")
-    resumable = config_lib.resumable_keys()
-    for k in sorted(set(saved) | set(now)):
-        if k not in resumable and saved.get(k) != now.get(k):
-            raise ConfigError(
-                f"{k}={now.get(k)!r} differs from {saved.get(k)!r} in {saved_path}; "
-                "use a new --out directory (or the same config) to resume"
-            )
-    return True
-
-
-def saved_compute_dtype(run_dir: Path) -> str | None:
-    """The model.compute_dtype a run directory's config.yaml records (None without one): a
-    resumed run keeps it whatever "auto" would pick on this machine."""
-    path = run_dir / checkpoint.CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        return config_lib.read_yaml(path).get("model", {}).get("compute_dtype")
-    except (ValueError, AttributeError):
-        return None  # check_run_dir names what is wrong with it
-
-
-def prepare_run_dir(cfg: Config, run_dir: Path) -> bool:
-    """Write the config, or check it against the saved one. True when resuming.
-
-    Every process checks; only process 0 writes (hosts may share the run directory)."""
-    resuming = check_run_dir(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        _write_text_atomic(run_dir / checkpoint.CONFIG_FILE, config_lib.dump(cfg))
-    return resuming
-
-
-def has_tokenizer(run_dir: Path) -> bool:
-    return (run_dir / SP_FILE).is_file() or (run_dir / BYTE_FILE).is_file()
-
-
-def get_tokenizer(cfg: Config, run_dir: Path, save: bool = True) -> Tokenizer:
-    """The run directory's tokenizer; when it has none yet, cfg's, built (and with `save`,
-    saved there). A damaged tokenizer file is an error, never silently replaced: the weights
-    belong to it."""
-    if has_tokenizer(run_dir):
-        try:
-            return load_tokenizer(run_dir)
-        except ValueError as e:
-            raise RunDirError(str(e)) from None
-    try:
-        tok = build_tokenizer(cfg.data)
-    except ValueError as e:  # no text to train on, a vocabulary the corpus cannot fill, ...
-        raise ConfigError(str(e)) from None
-    if save and jax.process_index() == 0:
-        save_tokenizer(tok, run_dir)
-    return tok
-
-
-def _metric_steps(path: Path) -> list[int]:
-    steps = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill mid-write
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-                steps.append(rec["step"])
-    return steps
-
-
-def check_resumable(cfg: Config, run_dir: Path, start: int, restart: bool) -> None:
-    """Refuse to train a run directory from `start` (0, or --init-from's step) when its
-    checkpoints are gone but its metrics show it got further: starting over would silently
-    replace that history. With `restart`, the old metrics.jsonl is kept under a new name and
-    training starts over.
-
-    "Gone" is certain when checkpoints/ is missing (train_run creates it before writing any
-    metrics line), or when the metrics pass 2 x train.ckpt_every beyond the start: by then a
-    save has finished (each save waits for the one before), so a run killed before its first
-    checkpoint is not mistaken for one whose checkpoints were deleted."""
-    metrics = run_dir / "metrics.jsonl"
-    ckpts = run_dir / checkpoint.CKPT_DIR
-    saved = [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
-    if saved:
-        if restart:
-            raise RunDirError(
-                f"--restart: {ckpts} holds checkpoints (the latest, step {max(saved)}); rerun "
-                "without --restart to resume from it, or train in a new --out directory"
-            )
-        return
-    steps = _metric_steps(metrics)
-    if restart:
-        if metrics.exists() and jax.process_index() == 0:
-            dest, k = metrics.with_name(metrics.name + ".before-restart"), 1
-            while dest.exists():
-                k += 1
-                dest = metrics.with_name(f"{metrics.name}.before-restart-{k}")
-            metrics.rename(dest)
-        return
-    if steps and (not ckpts.is_dir() or max(steps) > start + 2 * cfg.train.ckpt_every):
-        raise RunDirError(
-            f"{run_dir}: metrics.jsonl goes to step {max(steps)} but no checkpoint is left in "
-            f"{ckpts} to resume from; rerun with --restart to train again from step {start} "
-            "(metrics.jsonl is then kept as metrics.jsonl.before-restart)"
-        )
-
-
-def unigram_entropy(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab: int) -> float:
-    """Cross-entropy (nats/token) on validation of the train split's unigram distribution,
-    add-one smoothed: the loss of a model that ignores context, which training must beat."""
-    counts = np.bincount(np.asarray(train_tokens), minlength=vocab).astype(np.float64) + 1.0
-    logp = np.log(counts / counts.sum())
-    val_counts = np.bincount(np.asarray(val_tokens), minlength=vocab)
-    return float(-(val_counts * logp).sum() / val_counts.sum())
-
-
-class MetricsLog:
-    """Append-only metrics.jsonl (+ TensorBoard). On resume, lines after the restored step
-    are dropped: the resumed run writes them again, identically."""
-
-    def __init__(self, run_dir: Path, resume_step: int, enabled: bool = True):
-        self.path = run_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.tb = None
-        if not enabled:
-            return
-        if self.path.exists():
-            keep = []
-            for line in self.path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill mid-write
-                if rec.get("step", 0) <= resume_step:
-                    keep.append(line)
-            self.path.write_text("".join(k + "\n" for k in keep))
-        try:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1)
-        except ImportError:
-            self.tb = None
-
-    def write(self, rec: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.tb is not None:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, int | float) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, rec["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-class Prefetcher:
-    """Builds host batches for upcoming calls on a thread, so data never stalls the step."""
-
-    def __init__(self, make, starts: list[int], depth: int = 2):
-        self.make, self.starts = make, deque(starts)
-        self.results: dict[int, Any] = {}
-        self.error: BaseException | None = None
-        self.cv = threading.Condition()
-        self.depth = depth
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        try:
-            while self.starts:
-                with self.cv:
-                    while len(self.results) >= self.depth:
-                        self.cv.wait()
-                s = self.starts.popleft()
-                b = self.make(s)
-                with self.cv:
-                    self.results[s] = b
-                    self.cv.notify_all()
-        except BaseException as e:  # handed to the consumer, which would otherwise wait forever
-            with self.cv:
-                self.error = e
-                self.cv.notify_all()
-
-    def get(self, s: int):
-        with self.cv:
-            while s not in self.results:
-                if self.error is not None:
-                    raise self.error
-                self.cv.wait()
-            b = self.results.pop(s)
-            self.cv.notify_all()
-            return b
-
-
-def evaluate(eval_step, params, windows: np.ndarray, token_bytes: np.ndarray, batch: int):
-    """Validation loss (mean nats/token), its standard error over windows, and bits per byte."""
-    pending = []
-    for i in range(0, len(windows), batch):
-        chunk = windows[i : i + batch]
-        pad = batch - len(chunk)
-        if pad:  # keep one compiled shape; padded rows are dropped below
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
-        # Dispatched without waiting: the next batch is prepared while this one computes.
-        pending.append((eval_step(params, chunk, token_bytes), batch - pad))
-    losses, nbytes = [], []
-    for out, keep in pending:
-        l, b = jax.device_get(out)
-        losses.append(l[:keep])
-        nbytes.append(b[:keep])
-    loss_w = np.concatenate(losses).astype(np.float64)  # summed nats per window
-    bytes_w = np.concatenate(nbytes).astype(np.float64)
-    T = windows.shape[1] - 1
-    per_window = loss_w / T
-    # Windows are the independent unit (tokens within one are correlated).
-    se = per_window.std(ddof=1) / math.sqrt(len(per_window)) if len(per_window) > 1 else 0.0
-    bpb = loss_w.sum() / (math.log(2) * max(bytes_w.sum(), 1.0))
-    return float(per_window.mean()), float(se), float(bpb)
-
-
-def evaluate_run(cfg: Config, params, tok: Tokenizer, n_windows: int):
-    """`evaluate` on `n_windows` fixed windows of cfg's validation split (`lm eval`)."""
-    tokens = dataset.prepare_data(cfg.data, tok, progress=False)
-    windows = dataset.val_windows(tokens.val, n_windows, cfg.train.seq_len)
-    mesh = sharding.make_mesh(cfg.mesh)
-    eval_step = train.make_eval_step(cfg, mesh)
-    return evaluate(eval_step, params, windows, token_bytes(tok, cfg.model.vocab_size),
-                    cfg.train.batch_size)  # fmt: skip
-
-
-# ---------------------------------------------------------------- compiled programs
-
-
-def program_key(cfg: Config) -> str:
-    """The cache key of cfg's compiled programs: every key but those lm.config marks as not
-    compiled in (every other key, a future one included, is part of it)."""
-    flat = _flat(config_lib.to_dict(cfg))
-    uncompiled = config_lib.uncompiled_keys()
-    return json.dumps({k: v for k, v in flat.items() if k not in uncompiled}, sort_keys=True)
-
-
-class Programs:
-    """A config shape's compiled programs: the initial state from a seed, one call of S train
-    steps (any n <= S of them), and the eval of one batch of windows. Every run of that shape
-    in this process shares them (a sweep's trunk segments, branches, seeds and cosine runs),
-    so each is compiled once; the persistent compilation cache shares them across processes.
-    """
-
-    def __init__(self, cfg: Config):
-        t0 = time.perf_counter()
-        t = cfg.train
-        self.mesh = sharding.make_mesh(cfg.mesh)
-        self.opt = train.make_optimizer(cfg)
-        self.abstract, self.shardings = train.state_specs(cfg, self.opt, self.mesh)
-        self.batch_shard = sharding.batch_sharding(self.mesh, 4, 2)
-        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.int32)  # noqa: E731
-        # The schedule is put in by the run (its own numbers), so it is no constant here.
-        unscheduled = lambda d: {k: v for k, v in d.items() if k != "schedule"}  # noqa: E731
-        init = jax.jit(
-            lambda seed: unscheduled(train.init_state(cfg, self.opt, seed)),
-            out_shardings=unscheduled(self.shardings),
-        )
-        # (Compiling these three on two threads was slower: XLA's compiler uses both cores.)
-        self.init = init.lower(i32()).compile()
-        S, A = t.steps_per_call, t.grad_accum
-        step = train.make_train_step(cfg, self.opt, self.mesh, dynamic=True)
-        batches = i32(S, A, t.batch_size // A, t.seq_len + 1)
-        self.step = step.lower(self.abstract, batches, i32()).compile()
-        self.eval = train.make_eval_step(cfg, self.mesh, batch=t.batch_size)
-        self.compile_s = time.perf_counter() - t0
-
-
-_PROGRAMS: OrderedDict[str, Future] = OrderedDict()
-_PROGRAMS_LOCK = threading.Lock()
-_PROGRAMS_KEEP = 8  # shapes kept compiled (a sweep trains one size's members in a row)
-
-
-def programs(cfg: Config) -> Programs:
-    """The compiled programs of cfg's shape, compiled on first use (once, also when several
-    threads ask at the same time).
-
-    Compiling the next model size on a background thread while a sweep trains the current one
-    was tried and measured: on 2 shared cores it slowed the overlapped training by more than
-    the compile time it hid (XLA's compiler itself uses several threads), so it is not done."""
-    key = program_key(cfg)
-    with _PROGRAMS_LOCK:
-        fut = _PROGRAMS.get(key)
-        mine = fut is None
-        if mine:
-            fut = _PROGRAMS[key] = Future()
-            while len(_PROGRAMS) > _PROGRAMS_KEEP:
-                _PROGRAMS.popitem(last=False)
-        else:
-            _PROGRAMS.move_to_end(key)
-    if mine:
-        try:
-            progs = Programs(cfg)
-        except BaseException as e:
-            with _PROGRAMS_LOCK:
-                if _PROGRAMS.get(key) is fut:
-                    del _PROGRAMS[key]  # a later call tries again (and raises itself)
-            fut.set_exception(e)
-            raise
-        fut.set_result(progs)
-    return fut.result()
-
 
 # ---------------------------------------------------------------- a run
 
@@ -582,7 +237,7 @@ def train_calls(
         # Each process holds only its rows of the global batch.
         batch = jax.make_array_from_process_local_data(progs.batch_shard, batches.get(call))
         if not run.timings["setup"]:
-            run = _timed(run, "setup", time.perf_counter() - t_begin - run.timings["compile"])
+            run = run.add_time("setup", time.perf_counter() - t_begin - run.timings["compile"])
         state, run = dispatch(progs.step, state, run, call, batch, meter.tokens_per_step)
         if call.sync:
             run, rec = flush(run, call.end, meter, run_dir)
@@ -680,6 +335,45 @@ def host_batches(
     return out
 
 
+class Prefetcher:
+    """Builds host batches for upcoming calls on a thread, so data never stalls the step."""
+
+    def __init__(self, make, starts: list[int], depth: int = 2):
+        self.make, self.starts = make, deque(starts)
+        self.results: dict[int, Any] = {}
+        self.error: BaseException | None = None
+        self.cv = threading.Condition()
+        self.depth = depth
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            while self.starts:
+                with self.cv:
+                    while len(self.results) >= self.depth:
+                        self.cv.wait()
+                s = self.starts.popleft()
+                b = self.make(s)
+                with self.cv:
+                    self.results[s] = b
+                    self.cv.notify_all()
+        except BaseException as e:  # handed to the consumer, which would otherwise wait forever
+            with self.cv:
+                self.error = e
+                self.cv.notify_all()
+
+    def get(self, s: int):
+        with self.cv:
+            while s not in self.results:
+                if self.error is not None:
+                    raise self.error
+                self.cv.wait()
+            b = self.results.pop(s)
+            self.cv.notify_all()
+            return b
+
+
 # ---------------------------------------------------------------- the train state
 
 
@@ -696,10 +390,10 @@ def restore_or_init(
     (whose metrics.jsonl lines up to that step process 0 copies); else a fresh state from
     train.seed. Either way with this run's schedule: a branch continues its trunk's state
     under its own (shorter) schedule; a plain resume writes the same numbers back."""
-    is_main = jax.process_index() == 0
+    is_main, lay = jax.process_index() == 0, progs.layout
     try:
         state, latest = checkpoint.restore_latest(
-            mgr, progs.abstract, progs.shardings, warn, move_aside=is_main
+            mgr, lay.abstract, lay.shardings, warn, move_aside=is_main
         )
     except checkpoint.CheckpointError as e:
         mgr.close()
@@ -713,16 +407,14 @@ def restore_or_init(
         src_dir, start = Path(init_from[0]), int(init_from[1])
         src = checkpoint.manager(src_dir, read_only=True)
         try:
-            state = checkpoint.restore(src, start, progs.abstract, progs.shardings)
+            state = checkpoint.restore(src, start, lay.abstract, lay.shardings)
         finally:
             src.close()
-        if is_main and (src_dir / "metrics.jsonl").is_file():
-            lines = (src_dir / "metrics.jsonl").read_text().splitlines()
-            keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= start]
-            (run_dir / "metrics.jsonl").write_text("".join(x + "\n" for x in keep))
+        if is_main:
+            copy_metrics(src_dir, run_dir, start)
     else:
         state, start = progs.init(np.int32(cfg.train.seed)), 0
-    rep = sharding.replicated(progs.mesh)
+    rep = sharding.replicated(lay.mesh)
     state["schedule"] = jax.device_put(train.schedule_params(cfg.train), rep)
     return state, start, latest
 
@@ -752,6 +444,12 @@ class RunState(NamedTuple):
                      "checkpoint": 0.0},
         )  # fmt: skip
 
+    def add_time(self, key: str, seconds: float, pause: bool = False) -> RunState:
+        """`seconds` added to timings[key]; with `pause`, also left out of the throughput
+        window."""
+        run = self._replace(timings={**self.timings, key: self.timings[key] + seconds})
+        return run._replace(window_t0=run.window_t0 + seconds) if pause else run
+
 
 class Throughput(NamedTuple):
     """What turns a window's tokens and seconds into tokens/s and MFU."""
@@ -771,12 +469,6 @@ class Evaluator(NamedTuple):
     t: TrainConfig
 
 
-def _timed(run: RunState, key: str, seconds: float, pause: bool = False) -> RunState:
-    """`seconds` added to timings[key]; with `pause`, also left out of the throughput window."""
-    run = run._replace(timings={**run.timings, key: run.timings[key] + seconds})
-    return run._replace(window_t0=run.window_t0 + seconds) if pause else run
-
-
 def dispatch(step_fn, state, run: RunState, call: Call, batch, tokens_per_step: int):
     """Run one call, waiting for it only when it is a sync point; its metrics join the
     pending ones. Returns the new train state and run state."""
@@ -788,7 +480,7 @@ def dispatch(step_fn, state, run: RunState, call: Call, batch, tokens_per_step: 
         pending=(*run.pending, (call.start, call.n, m)),
         window_tokens=run.window_tokens + call.n * tokens_per_step,
     )
-    return state, _timed(run, "train", time.perf_counter() - t0)
+    return state, run.add_time("train", time.perf_counter() - t0)
 
 
 def fetch_metrics(pending) -> list[tuple[int, dict[str, np.ndarray]]]:
@@ -805,6 +497,10 @@ def first_nonfinite_step(got: list[tuple[int, dict[str, np.ndarray]]]) -> int | 
         bad += [s0 + int(i) + 1 for i in np.flatnonzero(~np.isfinite(m["loss"]))]
         bad += [s0 + int(i) + 2 for i in np.flatnonzero(~np.isfinite(m["param_norm"]))]
     return min(bad, default=None)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
 
 
 def diverged(step: int, run_dir: Path, saved_step: int | None) -> TrainingDiverged:
@@ -874,7 +570,8 @@ def run_eval(ev: Evaluator, state, run: RunState, step: int) -> tuple[RunState, 
     """Evaluate the state at `step`; the time is left out of the throughput window."""
     t0 = time.perf_counter()
     rec = eval_record(ev, state["params"], step)
-    return _timed(run._replace(last_eval=rec), "eval", time.perf_counter() - t0, pause=True), rec
+    run = run._replace(last_eval=rec).add_time("eval", time.perf_counter() - t0, pause=True)
+    return run, rec
 
 
 def save_checkpoint(mgr, state, run: RunState, step: int) -> RunState:
@@ -883,7 +580,7 @@ def save_checkpoint(mgr, state, run: RunState, step: int) -> RunState:
     t0 = time.perf_counter()
     checkpoint.save(mgr, step, state)
     run = run._replace(saved_step=step)
-    return _timed(run, "checkpoint", time.perf_counter() - t0, pause=True)
+    return run.add_time("checkpoint", time.perf_counter() - t0, pause=True)
 
 
 def final_eval_again(ev: Evaluator, state, run: RunState, step: int, log: MetricsLog):
@@ -891,15 +588,47 @@ def final_eval_again(ev: Evaluator, state, run: RunState, step: int, log: Metric
     sweep, recorded its result): the final eval again, the same numbers, logged once."""
     t0 = time.perf_counter()
     rec = eval_record(ev, state["params"], step)
-    run = _timed(run._replace(last_eval=rec), "eval", time.perf_counter() - t0)
-    logged = [json.loads(x) for x in log.path.read_text().splitlines()] if (
-        log.enabled and log.path.is_file()) else []  # fmt: skip
-    if not any(r.get("step") == step and "val_loss" in r for r in logged):
+    run = run._replace(last_eval=rec).add_time("eval", time.perf_counter() - t0)
+    if not any(r.get("step") == step and "val_loss" in r for r in log.logged()):
         log.write(rec)
     return run
 
 
-# ---------------------------------------------------------------- reporting
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate(eval_step, params, windows: np.ndarray, token_bytes: np.ndarray, batch: int):
+    """Validation loss (mean nats/token), its standard error over windows, and bits per byte."""
+    pending = []
+    for i in range(0, len(windows), batch):
+        chunk = windows[i : i + batch]
+        pad = batch - len(chunk)
+        if pad:  # keep one compiled shape; padded rows are dropped below
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
+        # Dispatched without waiting: the next batch is prepared while this one computes.
+        pending.append((eval_step(params, chunk, token_bytes), batch - pad))
+    losses, nbytes = [], []
+    for out, keep in pending:
+        l, b = jax.device_get(out)
+        losses.append(l[:keep])
+        nbytes.append(b[:keep])
+    loss_w = np.concatenate(losses).astype(np.float64)  # summed nats per window
+    bytes_w = np.concatenate(nbytes).astype(np.float64)
+    T = windows.shape[1] - 1
+    per_window = loss_w / T
+    # Windows are the independent unit (tokens within one are correlated).
+    se = per_window.std(ddof=1) / math.sqrt(len(per_window)) if len(per_window) > 1 else 0.0
+    bpb = loss_w.sum() / (math.log(2) * max(bytes_w.sum(), 1.0))
+    return float(per_window.mean()), float(se), float(bpb)
+
+
+def evaluate_run(cfg: Config, params, tok: Tokenizer, n_windows: int):
+    """`evaluate` on `n_windows` fixed windows of cfg's validation split (`lm eval`)."""
+    tokens = dataset.prepare_data(cfg.data, tok, progress=False)
+    windows = dataset.val_windows(tokens.val, n_windows, cfg.train.seq_len)
+    eval_step = train.make_eval_step(cfg, train.layout(cfg, sharding.make_mesh(cfg.mesh)))
+    return evaluate(eval_step, params, windows, token_bytes(tok, cfg.model.vocab_size),
+                    cfg.train.batch_size)  # fmt: skip
 
 
 def token_bytes(tok: Tokenizer, vocab_size: int) -> np.ndarray:
@@ -909,15 +638,25 @@ def token_bytes(tok: Tokenizer, vocab_size: int) -> np.ndarray:
     return out
 
 
+def unigram_entropy(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab: int) -> float:
+    """Cross-entropy (nats/token) on validation of the train split's unigram distribution,
+    add-one smoothed: the loss of a model that ignores context, which training must beat."""
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    val_counts = np.bincount(np.asarray(val_tokens), minlength=vocab)
+    return float(-(val_counts * logp).sum() / val_counts.sum())
+
+
+# ---------------------------------------------------------------- reporting
+
+
 def peak_of(cfg: Config) -> tuple[float, str]:
     """The peak FLOP/s MFU is measured against, and where it comes from."""
     if cfg.train.peak_flops:
         return cfg.train.peak_flops, "train.peak_flops"
-    from lm.hardware.peak import peak_flops, precision_of
-
     cache = Path(cfg.data.cache_dir).expanduser() / "peak_flops.json"
-    prec = precision_of(precision.compute_dtype(cfg.model))  # bf16: the bf16-operand peak
-    return peak_flops(cfg.data.cache_dir, precision=prec), (
+    prec = peak.precision_of(precision.compute_dtype(cfg.model))  # bf16: the bf16-operand peak
+    return peak.peak_flops(cfg.data.cache_dir, precision=prec), (
         f"{prec} matmul peak, measured once, cached in {cache}"
     )
 

@@ -5,13 +5,16 @@ passed in and returned (its buffers donated). `schedule` holds the learning-rate
 numbers, so runs that differ only in length or rate share one compiled step. `rng` is the run's
 base key; anything random at step s uses `fold_in(rng, s)`, so a resumed run draws exactly what
 an uninterrupted one would.
+
+`layout(cfg, mesh)` works out what the state is on a mesh (the weights' specs, the optimizer,
+shapes, shardings) once; the programs, the initial state and a restore all take it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,18 +73,20 @@ def lr_schedule(t: TrainConfig) -> Callable[[Any], Any]:
 # ---------------------------------------------------------------- optimizer
 
 
-def decay_mask(cfg: Config) -> Any:
-    """True where AdamW's weight decay applies: never norms and biases; embeddings by config."""
+def decay_mask(cfg: Config, specs: Any) -> Any:
+    """True where AdamW's weight decay applies: never norms and biases; embeddings by config.
+    `specs`: cfg's `transformer.param_specs`."""
     return jax.tree.map(
         lambda s: s.decay and (cfg.train.decay_embeddings or not s.embedding),
-        transformer.param_specs(cfg.model),
+        specs,
         is_leaf=transformer.is_spec,
     )
 
 
-def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+def make_optimizer(cfg: Config, specs: Any) -> optax.GradientTransformation:
     """AdamW (+ clipping) with unit learning rate: the step multiplies its update by the
-    scheduled rate, lr x -(adam + wd x param), which is exactly optax.adamw(lr)."""
+    scheduled rate, lr x -(adam + wd x param), which is exactly optax.adamw(lr). `specs`:
+    cfg's `transformer.param_specs`, which say where weight decay applies."""
     t = cfg.train
     adamw = optax.adamw(
         1.0,
@@ -89,7 +94,7 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
         b2=t.beta2,
         eps=t.eps,
         weight_decay=t.weight_decay,
-        mask=decay_mask(cfg),
+        mask=decay_mask(cfg, specs),
     )
     if t.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(t.clip_norm), adamw)
@@ -120,11 +125,24 @@ def loss_fn(params, batch_BW: jax.Array, cfg: ModelConfig) -> jax.Array:
 # ---------------------------------------------------------------- state and step
 
 
-def state_specs(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh) -> tuple[Any, Any]:
-    """Abstract shapes and shardings of the whole state, without allocating it."""
+class Layout(NamedTuple):
+    """A config's train state on one mesh, worked out once from the weights' specs and handed
+    to everything built for it (the init, train and eval programs, a checkpoint's restore),
+    so none derives them again."""
+
+    mesh: Mesh
+    specs: Any  # transformer.param_specs(cfg.model)
+    opt: optax.GradientTransformation  # its decay mask read from the specs
+    abstract: State  # the state's shapes and dtypes, nothing allocated
+    shardings: State  # the state's NamedShardings, the same tree
+
+
+def layout(cfg: Config, mesh: Mesh) -> Layout:
+    """cfg's `Layout` on `mesh`, without allocating the state."""
     specs = transformer.param_specs(cfg.model)
+    opt = make_optimizer(cfg, specs)
+    abstract = jax.eval_shape(lambda: _fresh_state(cfg, specs, opt, 0))
     p_shard = sharding.param_shardings(specs, mesh)
-    abstract = jax.eval_shape(lambda: init_state(cfg, opt, 0))
     # Optimizer moments mirror the params they belong to; scalars are replicated.
     rep = sharding.replicated(mesh)
     params_struct = jax.tree.structure(abstract["params"])
@@ -136,7 +154,7 @@ def state_specs(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh) -> t
         "rng": rep,
         "schedule": jax.tree.map(lambda _: rep, abstract["schedule"]),
     }
-    return abstract, shardings
+    return Layout(mesh, specs, opt, abstract, shardings)
 
 
 def _map_subtrees(tree, params_struct, p_shard, rep):
@@ -151,9 +169,14 @@ def _map_subtrees(tree, params_struct, p_shard, rep):
     return jax.tree.map(lambda _: rep, tree)
 
 
-def init_state(cfg: Config, opt: optax.GradientTransformation, seed: int) -> State:
+def init_state(cfg: Config, lay: Layout, seed: int) -> State:
+    """The state a run starts from: weights drawn from `seed`, fresh optimizer moments."""
+    return _fresh_state(cfg, lay.specs, lay.opt, seed)
+
+
+def _fresh_state(cfg: Config, specs: Any, opt: optax.GradientTransformation, seed) -> State:
     rng = jax.random.PRNGKey(seed)
-    params = transformer.init(cfg.model, jax.random.fold_in(rng, 0))
+    params = transformer.init_from_specs(specs, cfg.model.param_dtype, jax.random.fold_in(rng, 0))
     return {
         "params": params,
         "opt_state": opt.init(params),
@@ -163,15 +186,12 @@ def init_state(cfg: Config, opt: optax.GradientTransformation, seed: int) -> Sta
     }
 
 
-def create_state(cfg: Config, opt: optax.GradientTransformation, mesh: Mesh) -> State:
+def create_state(cfg: Config, lay: Layout) -> State:
     """The initial state, created already sharded (no full copy on one device first)."""
-    _, shardings = state_specs(cfg, opt, mesh)
-    return jax.jit(lambda: init_state(cfg, opt, cfg.train.seed), out_shardings=shardings)()
+    return jax.jit(lambda: init_state(cfg, lay, cfg.train.seed), out_shardings=lay.shardings)()
 
 
-def make_train_step(
-    cfg: Config, opt: optax.GradientTransformation, mesh: Mesh, dynamic: bool = False
-):
+def make_train_step(cfg: Config, lay: Layout, dynamic: bool = False):
     """A jitted `(state, batches_CABW) -> (state, metrics_C)` running C optimizer steps.
 
     batches: int32 [C, A, B/A, W] (C fused steps, A gradient-accumulation micro-batches,
@@ -184,7 +204,7 @@ def make_train_step(
     steps it skips cost nothing. The numbers are the scan's, bit for bit (tests/test_train.py);
     metrics past n are zeros.
     """
-    mcfg = cfg.model
+    mcfg, opt = cfg.model, lay.opt
     grad_fn = jax.value_and_grad(loss_fn)
 
     def one_step(state: State, batch_ABW):
@@ -232,9 +252,9 @@ def make_train_step(
         ms = jax.tree.map(lambda a: jnp.zeros((batches.shape[0], *a.shape), a.dtype), shapes)
         return jax.lax.fori_loop(0, n, body, (state, ms))
 
-    _, state_shard = state_specs(cfg, opt, mesh)
-    rep = sharding.replicated(mesh)
-    batch_shard = sharding.batch_sharding(mesh, 4, 2)
+    state_shard = lay.shardings
+    rep = sharding.replicated(lay.mesh)
+    batch_shard = sharding.batch_sharding(lay.mesh, 4, 2)
     return jax.jit(
         train_n_steps if dynamic else train_steps,
         in_shardings=(state_shard, batch_shard, rep) if dynamic else (state_shard, batch_shard),
@@ -243,13 +263,13 @@ def make_train_step(
     )
 
 
-def make_eval_step(cfg: Config, mesh: Mesh, batch: int | None = None):
+def make_eval_step(cfg: Config, lay: Layout, batch: int | None = None):
     """A jitted `(params, windows_BW, token_bytes_V) -> (loss sums [B], byte sums [B])`.
 
     batch: compile now, ahead of time, for windows of that many rows (the only shape the
     returned function then accepts)."""
-    mcfg = cfg.model
-    p_shard = sharding.param_shardings(transformer.param_specs(mcfg), mesh)
+    mcfg, mesh = cfg.model, lay.mesh
+    p_shard = lay.shardings["params"]
 
     def eval_step(params, windows_BW, token_bytes_V):
         losses_BT = token_losses(params, windows_BW, mcfg)
@@ -263,10 +283,9 @@ def make_eval_step(cfg: Config, mesh: Mesh, batch: int | None = None):
         out_shardings=sharding.replicated(mesh),
     )
     if batch is not None:
-        abstract_params = jax.eval_shape(lambda: transformer.init(mcfg, jax.random.PRNGKey(0)))
         T1 = cfg.train.seq_len + 1
         jitted = jitted.lower(
-            abstract_params,
+            lay.abstract["params"],
             jax.ShapeDtypeStruct((batch, T1), jnp.int32),
             jax.ShapeDtypeStruct((mcfg.vocab_size,), jnp.int32),
         ).compile()

@@ -13,6 +13,7 @@ from tiny import tiny_cfg
 from lm import cli
 from lm.data.tokenizer import load_tokenizer
 from lm.inference import export, sampling
+from lm.inference.request import GREEDY
 from lm.model import bigram
 from lm.training import checkpoint, counting, loop
 
@@ -47,7 +48,7 @@ def test_sample_streams_the_models_text(runs):
     cfg, params, tok = checkpoint.load_run(run)
     prompt = [tok.bos_id, *tok.encode("def ")]
     greedy = sampling.generate(
-        params, cfg.model, [prompt], jax.random.fold_in(jax.random.PRNGKey(0), 0), 20, 0,
+        params, cfg.model, [prompt], jax.random.fold_in(jax.random.PRNGKey(0), 0), 20, GREEDY,
         eos_id=tok.eos_id, pad_id=tok.pad_id,
     )[0]  # fmt: skip
     r = _lm("sample", "--run", run, "--prompt", "def ", "--temperature", "0",
@@ -78,7 +79,7 @@ def test_sample_a_bigram_run(runs, capsys):
     tok = load_tokenizer(runs / "bigram")
     prompt = [tok.bos_id, *tok.encode("import")]
     key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
-    want = sampling.generate_bigram(table, prompt, key, 30, temperature=0, eos_id=tok.eos_id)
+    want = sampling.generate_bigram(table, prompt, key, 30, GREEDY, eos_id=tok.eos_id)
     args = ["sample", "--run", str(runs / "bigram"), "--prompt", "import"]
     assert cli.main([*args, "--temperature", "0", "--max-new-tokens", "30"]) == 0
     assert capsys.readouterr().out == "import" + tok.decode(want) + "\n"

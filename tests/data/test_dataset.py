@@ -3,6 +3,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 
@@ -277,7 +278,8 @@ def test_large_vocab_uses_uint32(tmp_path, corpus):
 def test_batch_at_is_pure_and_varies_by_step():
     tokens = np.arange(10_000, dtype=np.uint16)
     a = batch_at(tokens, seed=3, step=7, batch_size=16, seq_len=32)
-    assert a.shape == (16, 33) and a.dtype == np.int32
+    chex.assert_shape(a, (16, 33))
+    chex.assert_type(a, np.int32)
     assert np.array_equal(a, batch_at(tokens, seed=3, step=7, batch_size=16, seq_len=32))
     assert not np.array_equal(a, batch_at(tokens, seed=3, step=8, batch_size=16, seq_len=32))
     assert not np.array_equal(a, batch_at(tokens, seed=4, step=7, batch_size=16, seq_len=32))
@@ -298,7 +300,7 @@ def test_multi_host_slices_make_the_global_batch():
             batch_at(tokens, 1, 5, 12, 8, process_index=i, process_count=hosts)
             for i in range(hosts)
         ]
-        assert all(p.shape == (12 // hosts, 9) for p in parts)
+        chex.assert_shape(parts, (12 // hosts, 9))
         assert np.array_equal(np.concatenate(parts), full)
     with pytest.raises(ValueError, match="divisible"):
         batch_at(tokens, 1, 5, batch_size=12, seq_len=8, process_index=0, process_count=5)
@@ -337,7 +339,8 @@ def test_batch_at_is_fast_on_a_memmap(tmp_path):
 def test_val_windows_fixed_and_spread():
     tokens = np.arange(1000, dtype=np.uint16)
     w = val_windows(tokens, n_windows=7, seq_len=15)
-    assert w.shape == (7, 16) and w.dtype == np.int32
+    chex.assert_shape(w, (7, 16))
+    chex.assert_type(w, np.int32)
     assert np.array_equal(w, val_windows(tokens, 7, 15))
     assert w[0, 0] == 0 and w[-1, -1] == 999
     assert (np.diff(w, axis=1) == 1).all()

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def registry(monkeypatch):
     """A copy of the registry, so registrations made in a test end with it."""
-    monkeypatch.setattr(sources, "_KINDS", dict(sources._KINDS))
+    monkeypatch.setattr(sources, "KINDS", dict(sources.KINDS))
 
 
 def _corpus(tmp_path: Path) -> Path:

@@ -1,12 +1,13 @@
 import pickle
 
+import chex
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lm.config import DataConfig
-from lm.data.dataset import iter_documents
+from lm.data.dataset import is_val, iter_documents
 from lm.data.tokenizer import (
     SPACE,
     ByteTokenizer,
@@ -15,6 +16,7 @@ from lm.data.tokenizer import (
     build_tokenizer,
     load_tokenizer,
     save_tokenizer,
+    tokenizer_sample,
     train_sentencepiece,
 )
 
@@ -130,7 +132,8 @@ def test_specials_and_sizes(sp_tok):
     assert len({sp_tok.pad_id, sp_tok.bos_id, sp_tok.eos_id}) == 3
     for t in (b, sp_tok):
         tb = t.token_bytes()
-        assert tb.dtype == np.int64 and tb.shape == (t.vocab_size,)
+        chex.assert_shape(tb, (t.vocab_size,))
+        chex.assert_type(tb, np.int64)
         assert tb[[t.pad_id, t.bos_id, t.eos_id]].tolist() == [0, 0, 0]
         assert isinstance(t, Tokenizer)
 
@@ -304,20 +307,17 @@ def test_bpe_model_is_the_same_for_any_thread_count(sample):
 
 
 def test_tokenizer_sample_is_train_only_and_within_budget(tmp_path):
-    from lm.data.dataset import is_val
-    from lm.data.tokenizer import _tokenizer_sample
-
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     docs = {f"d{i:03d}.txt": f"document number {i}\n" * 50 for i in range(200)}
     for name, text in docs.items():
         (corpus / name).write_text(text)
     cfg = DataConfig(source=str(corpus), val_fraction=0.2, tokenizer_sample_bytes=60_000)
-    sample = _tokenizer_sample(cfg)
+    sample = tokenizer_sample(cfg)
     train = {t for d, t in docs.items() if not is_val(d, 0.2)}
     assert set(sample) <= train and len(set(sample)) == len(sample)
     assert 50_000 < sum(len(t) for t in sample) <= 60_000
-    assert _tokenizer_sample(cfg) == sample
+    assert tokenizer_sample(cfg) == sample
     # spread over the corpus, not the alphabetically first documents
     firsts = sorted(train)[: len(sample)]
     assert set(sample) != set(firsts)

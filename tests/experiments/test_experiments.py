@@ -18,6 +18,7 @@ from lm.config import ConfigError
 from lm.data import dataset, tasks
 from lm.data.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 from lm.inference import inspection, task_eval
+from lm.inference.request import GREEDY
 from lm.model import transformer
 from lm.training import checkpoint, loop
 
@@ -254,7 +255,7 @@ def test_stages_on_a_large_vocabulary_show_the_top_tokens(tmp_path):
                       + ["model.max_seq_len=12", "train.seq_len=12"])  # fmt: skip
     params = jax.jit(transformer.init, static_argnums=0)(cfg.model, jax.random.PRNGKey(0))
     lines = []
-    out = inspection.explain(cfg, params, ByteTokenizer(), "ab", 0.0, 0, tmp_path, 4,
+    out = inspection.explain(cfg, params, ByteTokenizer(), "ab", GREEDY, 0, tmp_path, 4,
                           print_fn=lines.append, stages=True)  # fmt: skip
     st = out["stages"]
     assert st["sequence"][:3] == [257, 97, 98] and 1 <= len(st["output"]) <= 4

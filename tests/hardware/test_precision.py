@@ -147,12 +147,12 @@ def test_sweep_says_once_what_members_multiply_in(auto_is):
 
     auto_is("bfloat16")
     base = {"model": {"n_layers": 2}}
-    assert "LM_AUTO_COMPUTE_DTYPE=bfloat16" in sweep._precision_line(base, None)
+    assert "LM_AUTO_COMPUTE_DTYPE=bfloat16" in sweep.precision_line(base, None)
     machine = workers.Machine("cpu", 1, (0, 1), None, None)  # workers train: no backend here
-    line = sweep._precision_line(base, machine)
+    line = sweep.precision_line(base, machine)
     assert line.startswith("precision: bfloat16") and "compute_dtype=auto" in line
     pinned = {"model": {"compute_dtype": "float32"}}
-    assert sweep._precision_line(pinned, machine).endswith("(model.compute_dtype=float32)")
+    assert sweep.precision_line(pinned, machine).endswith("(model.compute_dtype=float32)")
 
 
 def test_bf16_tiny_run_ends_within_one_percent_of_float32(tmp_path):

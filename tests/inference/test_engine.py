@@ -10,6 +10,7 @@ from scipy.special import log_softmax
 
 from lm import config
 from lm.inference import engine, sampling
+from lm.inference.request import DEFAULT_SAMPLING, GREEDY, SamplingParams
 from lm.model import transformer
 
 EOS, PAD = 258, 256
@@ -45,9 +46,10 @@ class Collect:
         self.done.set()
 
 
-def _seq(prompt, n, seed, settings, c: Collect):
+def _seq(prompt, n, seed, sp: SamplingParams, c: Collect, top_logprobs: int = 0):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
-    return engine.Sequence(prompt, n, key, settings, c.feed, c.finish, eos_id=EOS)
+    return engine.Sequence(prompt, n, key, sp, c.feed, c.finish, eos_id=EOS,
+                           top_logprobs=top_logprobs)  # fmt: skip
 
 
 def test_sequences_joining_a_busy_batch_get_their_own_tokens(tiny):
@@ -57,9 +59,9 @@ def test_sequences_joining_a_busy_batch_get_their_own_tokens(tiny):
     rng = np.random.default_rng(0)
     prompts = [[257, *rng.integers(0, 256, int(rng.integers(1, 14))).tolist()] for _ in range(7)]
     settings = [
-        engine.Settings(temperature=0.0),
-        engine.Settings(temperature=1.0, top_k=20, top_p=0.9),
-        engine.Settings(temperature=0.7, min_p=0.05),
+        GREEDY,
+        SamplingParams(temperature=1.0, top_k=20, top_p=0.9),
+        SamplingParams(temperature=0.7, min_p=0.05),
     ]
     eng = engine.Engine(params, m, slots=3, chunk=2, pad_id=PAD)
     runs = [(p, 4 + 3 * i, settings[i % 3], Collect()) for i, p in enumerate(prompts)]
@@ -69,8 +71,8 @@ def test_sequences_joining_a_busy_batch_get_their_own_tokens(tiny):
     for i, (p, n, s, c) in enumerate(runs):
         # token t is drawn with fold_in(key, t) whatever the budget: one length compiles
         want = sampling.generate(
-            params, m, [p], jax.random.fold_in(jax.random.PRNGKey(i), 0), 22, s.temperature,
-            s.top_k, s.top_p, s.min_p, eos_id=EOS, pad_id=PAD,
+            params, m, [p], jax.random.fold_in(jax.random.PRNGKey(i), 0), 22, s, eos_id=EOS,
+            pad_id=PAD,
         )[0][:n]  # fmt: skip
         assert c.tokens == want, i
         assert c.reason == ("stop" if want[-1] == EOS else "length")
@@ -81,7 +83,7 @@ def test_logprobs_are_the_models_own(tiny):
     prompt = [257, 104, 105]
     c = Collect()
     eng = engine.Engine(params, m, slots=3, chunk=2, pad_id=PAD)
-    eng.submit([_seq(prompt, 3, 0, engine.Settings(temperature=0.0, top_logprobs=4), c)])
+    eng.submit([_seq(prompt, 3, 0, GREEDY, c, top_logprobs=4)])
     eng.run_until_idle()
     logits = np.asarray(transformer.apply(params, np.asarray([prompt + c.tokens]), m), np.float64)[
         0
@@ -98,13 +100,13 @@ def test_feed_can_stop_and_cancel_frees_the_slot(tiny):
     params, m = tiny
     eng = engine.Engine(params, m, slots=1, chunk=2, pad_id=PAD)
     stopper, later = Collect(stop_after=3), Collect()
-    eng.submit([_seq([257, 1], 20, 0, engine.Settings(temperature=0.0), stopper),
-                _seq([257, 2], 2, 1, engine.Settings(temperature=0.0), later)])  # fmt: skip
+    eng.submit([_seq([257, 1], 20, 0, GREEDY, stopper),
+                _seq([257, 2], 2, 1, GREEDY, later)])  # fmt: skip
     eng.run_until_idle()
     assert stopper.reason == "stop" and 3 <= len(stopper.tokens) <= 4
     assert later.reason in ("length", "stop") and later.tokens  # got the freed slot
     gone = Collect()
-    seq = _seq([257, 3], 20, 2, engine.Settings(temperature=0.0), gone)
+    seq = _seq([257, 3], 20, 2, GREEDY, gone)
     eng.submit([seq])
     eng.step()
     eng.cancel(seq)
@@ -117,26 +119,27 @@ def test_a_full_queue_refuses_all_or_nothing(tiny):
     eng = engine.Engine(params, m, slots=1, max_waiting=2, pad_id=PAD)
     c = Collect()
     with pytest.raises(engine.QueueFull):
-        eng.submit([_seq([257], 2, i, engine.Settings(), c) for i in range(3)])
+        eng.submit([_seq([257], 2, i, DEFAULT_SAMPLING, c) for i in range(3)])
     assert not eng.waiting
-    eng.submit([_seq([257], 2, i, engine.Settings(), c) for i in range(2)])
+    eng.submit([_seq([257], 2, i, DEFAULT_SAMPLING, c) for i in range(2)])
     with pytest.raises(engine.QueueFull):
-        eng.submit([_seq([257], 2, 9, engine.Settings(), c)])
+        eng.submit([_seq([257], 2, 9, DEFAULT_SAMPLING, c)])
     with pytest.raises(ValueError, match="context"):
-        eng.submit([_seq([257] * 40, 9, 0, engine.Settings(), c)])  # 40 + 9 > 48
+        eng.submit([_seq([257] * 40, 9, 0, DEFAULT_SAMPLING, c)])  # 40 + 9 > 48
     eng.stop()
     with pytest.raises(engine.EngineStopped):
-        eng.submit([_seq([257], 2, 0, engine.Settings(), c)])
+        eng.submit([_seq([257], 2, 0, DEFAULT_SAMPLING, c)])
 
 
 def test_the_background_thread_serves_and_stops(tiny):
     params, m = tiny
     eng = engine.Engine(params, m, slots=3, chunk=2, pad_id=PAD).start()
+    assert eng.start() is eng and eng.running  # a second start changes nothing
     cs = [Collect() for _ in range(4)]
-    eng.submit([_seq([257, 10 + i], 5, i, engine.Settings(temperature=0.0), c)
+    eng.submit([_seq([257, 10 + i], 5, i, GREEDY, c)
                 for i, c in enumerate(cs)])  # fmt: skip
     for c in cs:
         assert c.done.wait(120), "a sequence never finished"
     eng.stop()
-    assert not eng._thread.is_alive()
+    assert not eng.running
     assert all(c.reason in ("length", "stop") for c in cs)

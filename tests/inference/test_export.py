@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from tiny import tiny_cfg
 from lm import cli, config
 from lm.data.tokenizer import ByteTokenizer, train_sentencepiece
 from lm.inference import export, numpy_runner, sampling
+from lm.inference.request import GREEDY, SamplingParams
 from lm.model import bigram, transformer
 from lm.training import checkpoint, counting, loop
 
@@ -108,8 +110,7 @@ def test_export_of_a_run_loads_to_the_same_logits(trained, tmp_path, capsys):
     # the file is plain safetensors: the reference reader agrees with ours
     meta, ours = numpy_runner.read_model_file(tmp_path / "m.lm")
     theirs = safetensors.numpy.load_file(tmp_path / "m.lm")
-    assert theirs.keys() == ours.keys()
-    assert all(np.array_equal(theirs[k], ours[k]) for k in ours)
+    chex.assert_trees_all_equal(theirs, ours, strict=True)  # names, shapes, dtypes, values
     assert meta["format"] == "lm-model" and meta["config"] == config.to_dict(cfg)
 
 
@@ -135,8 +136,8 @@ def test_numpy_runner_matches_jax(arch, sp_tok, tmp_path):
 
     # greedy decoding, token for token
     n = cfg.model.max_seq_len - len(prompt)
-    ours = list(numpy_runner.generate(numpy_runner.transformer(w, m), prompt, n, temperature=0.0))
-    jax_ids = sampling.generate(params, cfg.model, [prompt], jax.random.PRNGKey(0), n, 0)[0]
+    ours = list(numpy_runner.generate(numpy_runner.transformer(w, m), prompt, n, GREEDY))
+    jax_ids = sampling.generate(params, cfg.model, [prompt], jax.random.PRNGKey(0), n, GREEDY)[0]
     assert ours == jax_ids and len(ours) == n
 
     # and the CLI prints the prompt and then exactly their text, importing no jax
@@ -151,13 +152,13 @@ def test_numpy_runner_matches_jax(arch, sp_tok, tmp_path):
 def test_sampling_is_seeded_and_top_k_restricts(byte_file):
     meta, w = numpy_runner.read_model_file(byte_file)
     step = lambda: numpy_runner.transformer(w, meta["config"]["model"])
-    a = list(numpy_runner.generate(step(), [257], 20, temperature=1.0, seed=3))
-    assert a == list(numpy_runner.generate(step(), [257], 20, temperature=1.0, seed=3))
-    assert a != list(numpy_runner.generate(step(), [257], 20, temperature=1.0, seed=4))
-    greedy = list(numpy_runner.generate(step(), [257], 20, temperature=0.0))
-    assert (
-        list(numpy_runner.generate(step(), [257], 20, temperature=5.0, top_k=1, seed=1)) == greedy
-    )
+    t1 = SamplingParams(temperature=1.0)
+    a = list(numpy_runner.generate(step(), [257], 20, t1, seed=3))
+    assert a == list(numpy_runner.generate(step(), [257], 20, t1, seed=3))
+    assert a != list(numpy_runner.generate(step(), [257], 20, t1, seed=4))
+    greedy = list(numpy_runner.generate(step(), [257], 20, GREEDY))
+    top1 = SamplingParams(temperature=5.0, top_k=1)
+    assert list(numpy_runner.generate(step(), [257], 20, top1, seed=1)) == greedy
 
 
 def test_bigram_run_exports_and_runs(tmp_path):
@@ -173,7 +174,7 @@ def test_bigram_run_exports_and_runs(tmp_path):
         numpy_runner.generate(numpy_runner.bigram({"bigram": table}), prompt, 30, eos_id=tok.eos_id)
     )
     key = jax.random.PRNGKey(0)
-    want = sampling.generate_bigram(table, prompt, key, 30, temperature=0, eos_id=tok.eos_id)
+    want = sampling.generate_bigram(table, prompt, key, 30, GREEDY, eos_id=tok.eos_id)
     assert ours == want
     r = _runner(path, "import ", "--max-new-tokens", "30", "--temperature", "0")
     assert r.returncode == 0 and r.stdout.startswith("import "), r.stderr
@@ -344,15 +345,15 @@ def test_runner_top_p_and_min_p_match_the_jax_filters():
                                 (None, 1.0, 0.0)):  # fmt: skip
         z = sampling.process_logits(logits[None], 0.7, top_k, top_p, min_p)
         want = np.isfinite(np.asarray(z[0]))
-        got = np.isfinite(numpy_runner.filtered(logits, 0.7, top_k, top_p, min_p))
+        sp = SamplingParams(0.7, top_k, top_p, min_p)
+        got = np.isfinite(numpy_runner.filtered(logits, sp))
         np.testing.assert_array_equal(got, want, err_msg=str((top_k, top_p, min_p)))
         sizes.add(int(want.sum()))
     assert len(sizes) == 4 and 64 in sizes  # four different cuts, one keeping everything
     rng = np.random.default_rng(1)
-    kept = np.flatnonzero(np.isfinite(numpy_runner.filtered(logits, 1.0, None, 0.5)))
-    assert {numpy_runner.sample(logits, 1.0, None, rng, 0.5) for _ in range(200)} <= set(
-        kept.tolist()
-    )
+    nucleus = SamplingParams(1.0, top_p=0.5)
+    kept = np.flatnonzero(np.isfinite(numpy_runner.filtered(logits, nucleus)))
+    assert {numpy_runner.sample(logits, nucleus, rng) for _ in range(200)} <= set(kept.tolist())
 
 
 def test_runner_cli_takes_top_p_and_min_p(byte_file):

@@ -3,13 +3,16 @@ printed are the model's numbers, and the figures get written."""
 
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 from tiny import tiny_cfg
 
 from lm import cli, config
-from lm.inference import export, inspection, numpy_runner, sampling
+from lm.inference import inspection, numpy_runner, sampling
+from lm.inference.request import GREEDY, SamplingParams
 from lm.model import rope, transformer
 from lm.training import checkpoint, loop
 
@@ -36,9 +39,9 @@ def test_recorded_forward_is_model_apply(trained):
     ref = np.asarray(transformer.apply(params, np.asarray([tokens]), cfg.model))[0]
     np.testing.assert_allclose(rec["logits"], ref, rtol=1e-5, atol=1e-5)
     T, L, N = len(tokens), cfg.model.n_layers, cfg.model.n_heads
-    assert rec["layers"].shape == (L, T, cfg.model.d_model)
+    chex.assert_shape(rec["layers"], (L, T, cfg.model.d_model))
     w = rec["attention"]
-    assert w.shape == (L, N, T, T)
+    chex.assert_shape(w, (L, N, T, T))
     np.testing.assert_allclose(w.sum(-1), 1, atol=1e-5)
     assert np.all(np.triu(w, 1) == 0)  # causal: nothing attends to a later position
 
@@ -56,7 +59,8 @@ def test_attention_heads_are_in_query_head_order():
     tokens = [257, 1, 2, 3, 4, 5, 6]
     rec = inspection.recorded_forward(params, cfg.model, tokens)
     m = config.to_dict(cfg)["model"]
-    p = {k: np.asarray(v)[0] for k, v in export.flatten(params["layers"]).items()}
+    flat = traverse_util.flatten_dict(params["layers"], sep=".")  # layer 0 as the file names it
+    p = {k: np.asarray(v)[0] for k, v in flat.items()}
     x_TD = numpy_runner.norm(np.asarray(params["embed"])[tokens], p, "attn_norm", m)
     pos_T = np.arange(len(tokens))
     freq_h = rope.frequencies(8, m)
@@ -72,9 +76,8 @@ def test_attention_heads_are_in_query_head_order():
 def test_explain_prints_the_walk_and_writes_figures(trained, tmp_path):
     _, cfg, params, tok = trained
     lines = []
-    out = inspection.explain(
-        cfg, params, tok, PROMPT, temperature=1.0, seed=1, out_dir=tmp_path, print_fn=lines.append
-    )
+    out = inspection.explain(cfg, params, tok, PROMPT, SamplingParams(temperature=1.0), seed=1,
+                             out_dir=tmp_path, print_fn=lines.append)  # fmt: skip
     text = "\n".join(lines)
     for heading in ("== 1.", "== 2.", "== 3.", "== 4.", "== 5."):
         assert heading in text
@@ -142,14 +145,15 @@ def test_cli_inspect_and_embed_sim(trained, tmp_path, capsys):
 def test_one_draw_gives_the_sampled_token_and_its_continuation(trained):
     _, cfg, params, tok = trained
     lines = []
-    out = inspection.explain(cfg, params, tok, "class Foo", temperature=1.2, seed=3, top_k=50,
-                          continuation_tokens=8, print_fn=lines.append)  # fmt: skip
+    sp = SamplingParams(temperature=1.2, top_k=50)
+    out = inspection.explain(cfg, params, tok, "class Foo", sp, seed=3, continuation_tokens=8,
+                             print_fn=lines.append)  # fmt: skip
     tokens = out["tokens"]
     assert out["continuation"][0] == out["sampled"]  # the same random draw
     key = jax.random.PRNGKey(3)
     ids = dict(eos_id=tok.eos_id, pad_id=tok.pad_id)
-    sampled = sampling.generate(params, cfg.model, [tokens], key, 8, 1.2, top_k=50, **ids)[0]
-    greedy = sampling.generate(params, cfg.model, [tokens], key, 8, 0.0, **ids)[0]
+    sampled = sampling.generate(params, cfg.model, [tokens], key, 8, sp, **ids)[0]
+    greedy = sampling.generate(params, cfg.model, [tokens], key, 8, GREEDY, **ids)[0]
     assert out["continuation"] == sampled and out["greedy_continuation"] == greedy
     # p is the probability in the distribution it was drawn from: temperature, then top-k
     logits = np.asarray(transformer.apply(params, np.asarray([tokens]), cfg.model), np.float64)[

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +20,7 @@ from scipy import stats
 
 from lm.config import PRESETS, ModelConfig
 from lm.inference import sampling
+from lm.inference.request import GREEDY, SamplingParams
 from lm.model import transformer
 
 TINY = dict(n_layers=2, d_model=32, n_heads=4, vocab_size=64, max_seq_len=64, init_std=0.5)
@@ -61,32 +63,34 @@ def setup(request):
 def test_greedy_cache_matches_full_forward(setup):
     cfg, params = setup
     key = jax.random.key(1)
-    cached = sampling.generate(params, cfg, PROMPTS, key, N_NEW, temperature=0.0)
-    full = sampling.generate_nocache(params, cfg, PROMPTS, key, N_NEW, temperature=0.0)
+    cached = sampling.generate(params, cfg, PROMPTS, key, N_NEW, GREEDY)
+    full = sampling.generate_nocache(params, cfg, PROMPTS, key, N_NEW, GREEDY)
     assert cached == full
     assert all(len(row) == N_NEW for row in cached)
     assert len({tuple(r) for r in cached}) == len(PROMPTS)
     assert min(len(set(r)) for r in cached) > 2, "degenerate argmax: raise init_std"
     for prompt, row in zip(PROMPTS, cached, strict=True):  # padding changes nothing
-        assert sampling.generate(params, cfg, [prompt], key, N_NEW, temperature=0.0) == [row]
+        assert sampling.generate(params, cfg, [prompt], key, N_NEW, GREEDY) == [row]
 
 
 def test_prefill_and_decode_step_logits_match_apply(setup):
     """The prefill (model.block) and the decode step (its own attention) against apply."""
     cfg, params = setup
-    tokens_BP, lens_B, S = sampling._prepare(cfg, PROMPTS, 4, None, 0)
+    tokens_BP, lens_B, S = sampling.prepare_prompts(cfg, PROMPTS, 4, None, 0)
     B, P = tokens_BP.shape
     cache = transformer.KVCache(*(jnp.zeros((cfg.n_layers, B, S, cfg.kv_heads, cfg.head_dim)),) * 2)
     pos_BP = jnp.broadcast_to(jnp.arange(P), (B, P))
     mask_BS = jnp.arange(S)[None] < jnp.asarray(lens_B)[:, None]
-    logits_BPV, cache = jax.jit(sampling._forward_cached, static_argnums=1)(
+    logits_BPV, cache = jax.jit(sampling.forward_cached, static_argnums=1)(
         params, cfg, tokens_BP, pos_BP, cache, mask_BS
     )
+    chex.assert_shape(logits_BPV, (B, P, cfg.vocab_size))
     assert not np.asarray(cache.k_LBSKH[:, :, P:]).any()  # nothing written past the prompt
     new_B = np.asarray([7, 8, 9], np.int32)  # one more token per sequence, at position n_b
-    step_BV, cache = jax.jit(sampling._decode_forward, static_argnums=1)(
+    step_BV, cache = jax.jit(sampling.decode_forward, static_argnums=1)(
         params, cfg, jnp.asarray(new_B), jnp.asarray(lens_B), cache
     )
+    chex.assert_shape(step_BV, (B, cfg.vocab_size))
     tokens_BP = np.concatenate([tokens_BP, np.zeros((B, 1), np.int32)], axis=1)
     tokens_BP[np.arange(B), lens_B] = new_B
     ref_BPV = jax.jit(transformer.apply, static_argnums=2)(params, jnp.asarray(tokens_BP), cfg)
@@ -99,13 +103,13 @@ def test_prefill_and_decode_step_logits_match_apply(setup):
 def test_sampled_cache_matches_full_forward_and_stream():
     cfg = CONFIGS["llama"]
     params = _params("llama")
-    kw = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.01)
+    kw = SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.01)
     key = jax.random.key(7)
-    cached = sampling.generate(params, cfg, PROMPTS, key, N_NEW, **kw)
-    assert cached == sampling.generate(params, cfg, PROMPTS, key, N_NEW, **kw)  # determinism
-    assert cached == sampling.generate_nocache(params, cfg, PROMPTS, key, N_NEW, **kw)
-    assert cached != sampling.generate(params, cfg, PROMPTS, jax.random.key(8), N_NEW, **kw)
-    chunks = list(sampling.stream_generate(params, cfg, PROMPTS, key, N_NEW, chunk_size=6, **kw))
+    cached = sampling.generate(params, cfg, PROMPTS, key, N_NEW, kw)
+    assert cached == sampling.generate(params, cfg, PROMPTS, key, N_NEW, kw)  # determinism
+    assert cached == sampling.generate_nocache(params, cfg, PROMPTS, key, N_NEW, kw)
+    assert cached != sampling.generate(params, cfg, PROMPTS, jax.random.key(8), N_NEW, kw)
+    chunks = list(sampling.stream_generate(params, cfg, PROMPTS, key, N_NEW, kw, chunk_size=6))
     assert [len(c[0]) for c in chunks] == [1, 6, 6, 6, 1]  # first token right after prefill
     assert [sum((c[b] for c in chunks), []) for b in range(len(PROMPTS))] == cached
 
@@ -113,19 +117,19 @@ def test_sampled_cache_matches_full_forward_and_stream():
 def test_eos_stops_each_sequence():
     cfg, params = CONFIGS["gpt2"], _params("gpt2")
     key = jax.random.key(1)
-    full = sampling.generate(params, cfg, PROMPTS, key, N_NEW, temperature=0.0)
+    full = sampling.generate(params, cfg, PROMPTS, key, N_NEW, GREEDY)
     eos = next(t for t in full[0] if full[0].index(t) >= 2)  # sequence 0 stops mid-way
-    out = sampling.generate(params, cfg, PROMPTS, key, N_NEW, temperature=0.0, eos_id=eos)
+    out = sampling.generate(params, cfg, PROMPTS, key, N_NEW, GREEDY, eos_id=eos)
     expect = [r[: r.index(eos) + 1] if eos in r else r for r in full]
     assert out == expect
     assert 3 <= len(out[0]) < N_NEW and out[0][-1] == eos
     assert max(len(r) for r in out) > len(out[0])  # the others go on past sequence 0's stop
-    ref = sampling.generate_nocache(params, cfg, PROMPTS, key, N_NEW, temperature=0.0, eos_id=eos)
+    ref = sampling.generate_nocache(params, cfg, PROMPTS, key, N_NEW, GREEDY, eos_id=eos)
     assert ref == expect
     # Once every sequence is done the loop stops: no further chunks are produced.
     only = [PROMPTS[0]]
     chunks = list(
-        sampling.stream_generate(params, cfg, only, key, N_NEW, 0.0, eos_id=eos, chunk_size=2)
+        sampling.stream_generate(params, cfg, only, key, N_NEW, GREEDY, eos_id=eos, chunk_size=2)
     )
     assert sum((c[0] for c in chunks), []) == expect[0]
     assert len(chunks) == 1 + -(-(len(expect[0]) - 1) // 2)
@@ -133,12 +137,16 @@ def test_eos_stops_each_sequence():
 
 def test_cache_overflow_is_a_clear_error():
     cfg, params = CONFIGS["gpt2"], _params("gpt2")
-    with pytest.raises(ValueError, match=r"exceeds model max_seq_len=64") as e:
+    fits = r"the longest prompt \(60 tokens\) \+ new tokens must fit in the model's context "
+    with pytest.raises(ValueError, match=fits + r"\(max_seq_len\) of 64 tokens, so at most 4") as e:
         sampling.generate(params, cfg, [[1] * 60, [2]], jax.random.key(0), 5)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"^the longest prompt: 64 tokens leave no room") as e:
+        sampling.generate(params, cfg, [[1] * 64], jax.random.key(0), 1)
     assert "\n" not in str(e.value)
     # The limit is inclusive: a full-length request works (learned positions up to 62).
     prompt = list(range(1, 55))
-    out = sampling.generate(params, cfg, [prompt], jax.random.key(0), 10, temperature=0.0)
+    out = sampling.generate(params, cfg, [prompt], jax.random.key(0), 10, GREEDY)
     assert len(out[0]) == 10
 
 
@@ -161,8 +169,10 @@ def test_bad_sampling_args(kwargs, name):
         sampling.sample_token(jax.random.key(0), logits_BV, **{"temperature": 1.0, **kwargs})
     assert "\n" not in str(e.value)
     cfg = CONFIGS["gpt2"]
-    with pytest.raises(ValueError, match=rf"^{name}="):
-        sampling.generate({}, cfg, [[1]], jax.random.key(0), 4, **kwargs)  # before any compute
+    with pytest.raises(ValueError, match=rf"^{name}=") as e:  # checked when made: before compute
+        sampling.generate({}, cfg, [[1]], jax.random.key(0), 4, SamplingParams(**kwargs))
+    assert "\n" not in str(e.value)
+    assert e.value.for_flag().startswith(f"--{name.replace('_', '-')} ")  # as `lm sample` says
 
 
 @pytest.mark.parametrize(
@@ -346,6 +356,6 @@ def test_generate_frequencies_with_constant_logit_model():
     params["unembed"] = params["unembed"].at[0].set(FIXED_LOGITS_V)
     kw = dict(temperature=1.3, top_k=6, top_p=0.9, min_p=0.1)
     prompts = [[i % 8] * (1 + i % 5) for i in range(64)]  # assorted lengths
-    out = sampling.generate(params, cfg, prompts, jax.random.key(0), 48, **kw)
+    out = sampling.generate(params, cfg, prompts, jax.random.key(0), 48, SamplingParams(**kw))
     assert all(len(r) == 48 for r in out)
     _chi_square_ok(np.bincount(np.ravel(out), minlength=8), _expected(**kw))

@@ -19,6 +19,7 @@ tokenizers = pytest.importorskip("tokenizers", reason=REASON)
 from lm import cli
 from lm.data.tokenizer import HFTokenizer, load_tokenizer
 from lm.inference import sampling
+from lm.inference.request import GREEDY
 from lm.interop import hf
 from lm.training import checkpoint
 
@@ -174,7 +175,7 @@ def test_greedy_generation_matches_transformers(imported):
     prompt = [tok.bos_id, *tok.encode(TEXTS[0])]
     n = 24
     ours = sampling.generate(
-        imported["params"], cfg.model, [prompt], jax.random.PRNGKey(0), n, temperature=0.0,
+        imported["params"], cfg.model, [prompt], jax.random.PRNGKey(0), n, GREEDY,
         pad_id=tok.pad_id,
     )[0]  # fmt: skip
     mdl.generation_config.eos_token_id = None  # exactly n tokens, as ours without eos_id

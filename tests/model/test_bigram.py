@@ -7,6 +7,7 @@ import pytest
 
 from lm import config
 from lm.inference import sampling
+from lm.inference.request import GREEDY
 from lm.model import bigram
 from lm.training import counting
 
@@ -31,7 +32,7 @@ def test_a_deterministic_chain_is_learned_and_greedy_follows_it():
     windows = np.stack([tokens[i : i + 9] for i in range(0, 60, 9)])
     loss, se, bpb = bigram.evaluate(logp, windows, np.ones(8, np.int64))
     assert loss < 0.01 and bpb == pytest.approx(loss / math.log(2))
-    out = sampling.generate_bigram(logp, [3], jax.random.PRNGKey(0), 8, temperature=0)
+    out = sampling.generate_bigram(logp, [3], jax.random.PRNGKey(0), 8, GREEDY)
     assert out == [4, 5, 0, 1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="prompt"):
         sampling.generate_bigram(logp, [], jax.random.PRNGKey(0), 3)

@@ -11,6 +11,7 @@ options, and in bf16 against float32.
 import dataclasses
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,8 +83,7 @@ def _bf16_vjp_close(plain, fast, args, tol=2e-2):
 def _same_vjp(plain, fast, args, rtol=2e-5):
     y_plain, vjp_plain = jax.vjp(plain, *args)
     y_fast, vjp_fast = jax.vjp(fast, *args)
-    for a, b in zip(jax.tree.leaves(y_fast), jax.tree.leaves(y_plain), strict=True):
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6)
+    chex.assert_trees_all_close(y_fast, y_plain, rtol=rtol, atol=1e-6)
     ct = jax.tree.map(lambda y: _rand(99, *y.shape, dtype=y.dtype), y_plain)
     for g_fast, g_plain in zip(vjp_fast(ct), vjp_plain(ct), strict=True):
         scale = float(jnp.abs(g_plain).max())

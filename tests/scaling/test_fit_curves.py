@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import chex
 import numpy as np
 import pytest
 
@@ -74,8 +75,8 @@ def test_smoothing_is_per_run_and_exact_on_straight_lines():
     assert np.sqrt(np.mean(err**2)) < 0.006 and np.abs(err[[0, 199, 200, 399]]).max() < 0.02
     # Without labels there are no curves, and width 0 turns smoothing off.
     unlabelled = F.Runs.from_arrays(noisy.N, noisy.D, noisy.L)
-    np.testing.assert_array_equal(F.smooth_curves(unlabelled), noisy.L)
-    np.testing.assert_array_equal(F.smooth_curves(noisy, 0.0), noisy.L)
+    chex.assert_trees_all_equal(F.smooth_curves(unlabelled), noisy.L)
+    chex.assert_trees_all_equal(F.smooth_curves(noisy, 0.0), noisy.L)
 
 
 def test_smoothing_recovers_a_from_noisy_curves():

@@ -1,21 +1,24 @@
 """The sweep report (lm.scaling.report) on synthetic sweep directories (tests/synthetic_sweep.py):
 real parameter and FLOP counts, losses from known Chinchilla-form constants. Nothing is trained.
 
-The checks that must FAIL on designs that cannot answer are in tests/test_report_checks.py.
+The checks that must FAIL on designs that cannot answer are in tests/scaling/test_report_checks.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 import synthetic_sweep as S
 
 from lm import cli
+from lm import config as config_lib
+from lm.data import dataset
+from lm.data.tokenizer import ByteTokenizer, save_tokenizer
 from lm.scaling import fit as F
 from lm.scaling import report
 from lm.scaling.report import checks as C
@@ -170,8 +173,7 @@ def test_conventions_side_by_side(synthetic):
     Cs = np.geomspace(1e10, 1e14, 5)
     n_num, d_num = report.optimal_allocation(p, Cs)
     n_cf, d_cf = F.approach3_compute_optimal(p, Cs)
-    np.testing.assert_allclose(n_num, n_cf, rtol=1e-3)
-    np.testing.assert_allclose(d_num, d_cf, rtol=1e-3)
+    chex.assert_trees_all_close((n_num, d_num), (n_cf, d_cf), rtol=1e-3)
 
 
 def test_learning_rate_section(synthetic):
@@ -212,31 +214,10 @@ def test_grid_isoflops_interpolate_without_extrapolating():
     np.testing.assert_allclose(loss, S.true_loss(n, d), rtol=2e-3)  # PCHIP on a smooth law
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _tiny_dir(path: Path) -> Path:
-    """Four runs, loss *rising* with N; no curves, no seeds, no sweep.json, no N_out or
-    C_6N_out_attn column (a results.csv from before the third convention)."""
-    rows = []
-    for n, nt, out in ((1e4, 2e4, 1.5e4), (4e4, 6e4, 5e4)):
-        for d in (1e5, 4e5):
-            rows.append({"name": f"N{n:g}-D{d:g}", "group": "main", "N": n, "N_total": nt,
-                         "D": d, "C_6N": 6 * n * d, "C_6N_attn": 6.5 * n * d,
-                         "C_6N_out": 6 * out * d, "loss": 3 + n / 1e5 - d / 1e7})  # fmt: skip
-    path.mkdir(parents=True, exist_ok=True)
-    _write_csv(path / "results.csv", rows)
-    return path
-
-
 def test_degenerate_sweeps_report_why(tmp_path):
     # Approach 3 cannot be fitted (5 parameters, 4 runs), Kaplan can, and its alpha_N check
     # must FAIL.
-    out = _tiny_dir(tmp_path / "tiny")
+    out = S.write_tiny(tmp_path / "tiny")
     lines: list[str] = []
     res = report.write_report(out, None, print_fn=lines.append, n_boot=10)
     md = _md(out)
@@ -268,7 +249,7 @@ def test_degenerate_sweeps_report_why(tmp_path):
 def test_cli_plot_regenerates(tmp_path, capsys):
     # The command is a thin layer over write_report (tested in full above), so it runs on the
     # tiny sweep, which skips the 4500-start fits.
-    out = _tiny_dir(tmp_path / "sweep")
+    out = S.write_tiny(tmp_path / "sweep")
     assert cli.main(["scaling", "plot", "--sweep", str(out), "--bootstrap", "5"]) == 0
     assert (out / "report.md").is_file() and (out / "plots" / "loss_vs_N_D.svg").is_file()
     doc = json.loads((out / "fit.json").read_text())
@@ -317,11 +298,7 @@ def test_isoflop_sweep_uses_its_own_rows(tmp_path):
 
 
 def test_epochs_from_the_token_cache(tmp_path):
-    from lm import config as config_lib
-    from lm.data import dataset
-    from lm.data.tokenizer import ByteTokenizer, save_tokenizer
-
-    out = _tiny_dir(tmp_path / "sweep")
+    out = S.write_tiny(tmp_path / "sweep")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"line {i}: the quick brown fox\n" for i in range(4000)))
     cfg = config_lib.from_dict(

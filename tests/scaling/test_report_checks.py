@@ -1,9 +1,10 @@
 """The report's checks can fail: each FAILs on a sweep design that cannot answer the question
-(and passes on the clean sweep of tests/test_report.py). First the rules on hand-made fits, then
-real fits of synthetic designs (tests/synthetic_sweep.py), primary convention only."""
+(and passes on the clean sweep of tests/scaling/test_report.py). First the rules on hand-made
+fits, then real fits of synthetic designs (tests/synthetic_sweep.py), primary convention only."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -195,8 +196,6 @@ def test_design_that_cannot_answer_fails(tmp_path, design):
 
 
 def test_lr_check_fails_when_an_optimum_is_at_the_edge_of_the_rates():
-    from lm.scaling.report import checks as C
-
     inside = {"per_size": [{"N": 1e4, "lr_opt": 0.02, "edge": False},
                            {"N": 5e4, "lr_opt": 0.01, "edge": False}]}  # fmt: skip
     assert C.lr_check(inside)["pass"] is True
@@ -210,13 +209,7 @@ def test_lr_check_fails_when_an_optimum_is_at_the_edge_of_the_rates():
 def test_an_edge_learning_rate_in_lr_json_fails_the_report_check(tmp_path):
     # Through the files: an lr.json whose smallest size's best rate is the top of the grid
     # makes the report's LR check FAIL (read_lr must keep the edge flag).
-    import json
-
-    from test_report import _tiny_dir
-
-    from lm.scaling import report
-
-    out = _tiny_dir(tmp_path / "tiny")
+    out = S.write_tiny(tmp_path / "tiny")
     per_size = [{"N": 1e4, "lr_opt": 0.08, "edge": True, "note": "best rate at the edge"},
                 {"N": 4e4, "lr_opt": 0.01, "edge": False, "note": ""}]  # fmt: skip
     points = [{"N": s["N"], "lr": lr, "loss": 2.0 + lr} for s in per_size for lr in (0.01, 0.08)]

@@ -9,6 +9,7 @@ from lm.config import ConfigError
 from lm.model import flops
 from lm.scaling import sweep as sweep_lib
 from lm.training import loop
+from lm.util import dirlock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,8 +231,6 @@ def test_a_held_sweep_directory_is_refused(tmp_path):
     # Two `lm sweep run` on one --out would train every member twice: the second is refused
     # while the first holds the directory (flock on a second open file conflicts even within
     # one process, so the holder here stands in for another process).
-    from lm.util import dirlock
-
     out = tmp_path / "sweep"
     with dirlock.hold(out, "sweep directory"):
         with pytest.raises(dirlock.Busy, match="sweep directory"):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
+import chex
 import yaml
 from tiny import tiny_sweep_base
 
@@ -75,7 +75,7 @@ def test_two_process_sweep_matches_one_process(tmp_path):
     outs = _two_processes(path, two_dir)
     two = _losses(two_dir)
     assert two.keys() == one.keys()
-    np.testing.assert_allclose([two[k] for k in one], list(one.values()), **TOL)
+    chex.assert_trees_all_close({k: two[k] for k in one}, one, **TOL)
     # process 0 reports; the other prints nothing of its own
     assert "results.csv" in outs[0] and "results.csv" not in outs[1]
     for name in one:

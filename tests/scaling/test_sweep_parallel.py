@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lm.cli import build_parser
 from lm.config import ConfigError
 from lm.model import flops
 from lm.scaling import sweep as sweep_lib
@@ -172,8 +173,6 @@ def test_auto_runs_side_by_side_only_where_that_is_estimated_faster(tmp_path):
 
 
 def test_cli_flags():
-    from lm.cli import build_parser
-
     p = build_parser()
     args = p.parse_args(["sweep", "run", "f.yaml", "--out", "d"])
     assert args.workers == "auto" and args.worker_index is None and args.num_workers is None

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ pytest.importorskip("uvicorn", reason="lm serve needs the serve extra: pip insta
 openai = pytest.importorskip("openai", reason="the tests' client is in the serve extra")
 
 from lm import cli
-from lm.inference import sampling
+from lm.inference import engine, sampling
+from lm.inference.request import GREEDY
 from lm.model import transformer
 from lm.serving import api, chat
 from lm.serving.textstream import CHAT_STOP, TextStream, chat_prompt
@@ -44,8 +46,8 @@ def run_dir(tmp_path_factory):
     return tmp / "run"
 
 
-def _start(served, api_key=None):
-    app = api.create_app(served, api_key)
+def _start(served, api_key=None, run_engine=True):
+    app = api.create_app(served, api_key, run_engine=run_engine)
     sock = api.bind("127.0.0.1", 0)
     server = api.make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -125,7 +127,7 @@ def test_chat_and_streaming(server):
     tok, served = server.served.tok, server.served
     ids = [tok.bos_id, *tok.encode(chat_prompt(msgs))]
     assert r.usage.prompt_tokens == len(ids)
-    new = sampling.generate(served.params, served.m, [ids], jax.random.PRNGKey(0), 6, 0.0,
+    new = sampling.generate(served.params, served.m, [ids], jax.random.PRNGKey(0), 6, GREEDY,
                             eos_id=tok.eos_id, pad_id=tok.pad_id)[0]  # fmt: skip
     ts = TextStream(served.decode, [CHAT_STOP], lstrip=True)
     want = ts.push([t for t in new if t != tok.eos_id])[0] + ts.close()
@@ -275,9 +277,8 @@ def test_a_client_that_goes_away_frees_its_slot(server):
     """The engine is stepped by hand here, so the client is surely gone mid-generation."""
     s = server.served
     served = api.Served(s.cfg, s.tok, s.params, "manual", slots=SLOTS, max_waiting=8)
-    served.engine._thread = threading.Thread(target=lambda: None)  # the app must not start it
-    served.engine._thread.start()
-    srv, thread, port = _start(served)
+    srv, thread, port = _start(served, run_engine=False)
+    assert not served.engine.running  # the app did not start it
     try:
         body = {"model": "manual", "prompt": "a", "max_tokens": 60, "stream": True}
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -309,11 +310,8 @@ def test_a_model_file_serves_under_its_name(server, tmp_path):
     served = api.load_served(str(path), slots=SLOTS, max_waiting=4, chunk=4)
     assert served.name == "tiny" and served.m == server.served.m
     c = []
-    from lm.inference import engine
-
-    seq = engine.Sequence([served.tok.bos_id], 3, jax.random.PRNGKey(0),
-                          engine.Settings(temperature=0.0), lambda *a: c.append(a) and False,
-                          lambda r: c.append(r))  # fmt: skip
+    seq = engine.Sequence([served.tok.bos_id], 3, jax.random.PRNGKey(0), GREEDY,
+                          lambda *a: c.append(a) and False, lambda r: c.append(r))  # fmt: skip
     served.engine.submit([seq])
     served.engine.run_until_idle()
     assert c[-1] in ("length", "stop")
@@ -361,7 +359,7 @@ def test_inspector_api_is_the_models_numbers(server):
     want = int(sampling.sample_token(key, logits[None].astype(np.float32), 0.5, 3)[0])
     assert r["sampled"]["id"] == want and r["sampled"]["kept"]
     w = np.asarray(r["attention"]["weights"])
-    assert w.shape == (s.m.n_layers, s.m.n_heads, len(ids), len(ids))
+    chex.assert_shape(w, (s.m.n_layers, s.m.n_heads, len(ids), len(ids)))
     np.testing.assert_allclose(w.sum(-1), 1, atol=1e-3)
     status, st = _http(server.port, "POST", "/api/stages", {"prompt": "ab", "max_new": 4})
     assert status == 200 and any("every stage" in line for line in st["lines"])
@@ -484,7 +482,7 @@ def test_chat_session_streams_replies_and_obeys_commands(server):
     text = out.getvalue()
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
     ids = [s.tok.bos_id, *s.tok.encode(chat_prompt(msgs))]
-    new = sampling.generate(s.params, s.m, [ids], jax.random.PRNGKey(0), 5, 0.0,
+    new = sampling.generate(s.params, s.m, [ids], jax.random.PRNGKey(0), 5, GREEDY,
                             eos_id=s.tok.eos_id, pad_id=s.tok.pad_id)[0]  # fmt: skip
     ts = TextStream(s.decode, [CHAT_STOP], lstrip=True)
     reply = ts.push([t for t in new if t != s.tok.eos_id])[0] + ts.close()

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import chex
+import jax
 import numpy as np
 import pytest
 from tiny import tiny_cfg
@@ -16,7 +18,8 @@ from tiny import tiny_cfg
 from lm import config
 from lm.config import ConfigError
 from lm.hardware import precision
-from lm.training import checkpoint, loop
+from lm.training import checkpoint, loop, train
+from lm.training.programs import programs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,29 +99,23 @@ def test_runs_of_one_shape_share_compiled_programs(tmp_path):
     """Length, rate, schedule and seed are not compiled in: a sweep's members of one size
     compile their init, train and eval programs once. The seed-argument init is the state
     train.create_state builds with the seed compiled in, bit for bit."""
-    import jax
-
-    from lm.training import train
-
     cfg = _cfg(tmp_path)
     other = _cfg(tmp_path, "train.seed=3", "train.lr=1e-3", "train.steps=6", "train.schedule=wsd",
                  "train.warmup_steps=1", "train.eval_windows=4", "data.max_docs=200")  # fmt: skip
-    assert loop.programs(cfg) is loop.programs(other)
-    assert loop.programs(_cfg(tmp_path, "model.d_model=64")) is not loop.programs(cfg)
-    progs = loop.programs(other)
+    assert programs(cfg) is programs(other)
+    assert programs(_cfg(tmp_path, "model.d_model=64")) is not programs(cfg)
+    progs = programs(other)
     got = progs.init(np.int32(3))
-    want = train.create_state(other, progs.opt, progs.mesh)
+    want = train.create_state(other, progs.layout)
     assert set(want) - set(got) == {"schedule"}
-    for k in got:
-        for x, y in zip(jax.tree.leaves(got[k]), jax.tree.leaves(want[k]), strict=True):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(got, {k: want[k] for k in got})
 
 
 def test_restore_or_init_takes_the_checkpoint_else_init_from_else_a_fresh_state(tmp_path):
     quiet = lambda *_: None  # noqa: E731
     cfg = _cfg(tmp_path)
     loop.train_run(cfg, tmp_path / "a", progress=False, stop_after=6, print_fn=quiet)
-    progs = loop.programs(cfg)
+    progs = programs(cfg)
 
     def restore(run_dir, init_from=None):
         run_dir.mkdir(exist_ok=True)
@@ -164,8 +161,6 @@ def test_nan_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
     steps = mgr.all_steps()
     assert steps and max(steps) < bad_step
     _, params, _ = checkpoint.load_run(tmp_path / "n")
-    import jax
-
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 

@@ -4,6 +4,7 @@ step-by-step reference, the batches of a call, metrics flushing and the divergen
 import itertools
 from pathlib import Path
 
+import chex
 import numpy as np
 import pytest
 
@@ -75,7 +76,8 @@ def test_host_batches_are_the_steps_batches_padded_with_zeros():
     t = cfg.train
     tokens = np.arange(1000, dtype=np.int32) % 251
     out = loop.host_batches(tokens, t, Call(6, 3, log=True, eval=False, ckpt=False))
-    assert out.shape == (4, 2, 4, 17) and out.dtype == np.int32
+    chex.assert_shape(out, (4, 2, 4, 17))
+    chex.assert_type(out, np.int32)
     for i, s in enumerate(range(6, 9)):
         want = dataset.batch_at(tokens, 3, s, 8, 16).reshape(2, 4, 17)
         np.testing.assert_array_equal(out[i], want)
@@ -146,8 +148,8 @@ def test_mfu_warning_once_and_paused_time_leaves_the_window():
     for step in (4, 6):
         run = loop.warn_mfu_once(run, {"mfu": 2.0, "step": step}, METER, said.append)
     assert len(said) == 1 and "MFU 200% at step 4" in said[0] and "(test)" in said[0]
-    paused = loop._timed(run, "eval", 2.0, pause=True)
+    paused = run.add_time("eval", 2.0, pause=True)
     assert paused.timings["eval"] == 2.0 and paused.window_t0 == run.window_t0 + 2.0
-    assert loop._timed(run, "train", 1.0).window_t0 == run.window_t0
+    assert run.add_time("train", 1.0).window_t0 == run.window_t0
     assert run.timings == {"setup": 0.0, "compile": 1.5, "train": 0.0, "eval": 0.0,
                            "checkpoint": 0.0}  # fmt: skip

@@ -33,14 +33,9 @@ def _overrides(tmp_path, *extra):
 
 
 def _worker(args: dict, devices: int, env_extra=None, wait=True):
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "PYTHONPATH": str(ROOT),
-        **(env_extra or {}),
-    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     p = subprocess.Popen(
-        [sys.executable, str(WORKER), json.dumps(args)], cwd=ROOT, env=env,
+        [sys.executable, str(WORKER), json.dumps({**args, "devices": devices})], cwd=ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     return _result(p) if wait else p

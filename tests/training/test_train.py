@@ -1,12 +1,14 @@
 import dataclasses
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lm.config import Config, MeshConfig, ModelConfig, TrainConfig
+from lm.model import transformer
 from lm.training import sharding, train
 
 TINY = Config(
@@ -15,8 +17,8 @@ TINY = Config(
 )
 
 
-def _mesh():
-    return sharding.make_mesh(MeshConfig(), jax.devices()[:1])
+def _layout(cfg):
+    return train.layout(cfg, sharding.make_mesh(MeshConfig(), jax.devices()[:1]))
 
 
 def _batches(cfg, S, seed=0):
@@ -28,10 +30,9 @@ def _batches(cfg, S, seed=0):
 
 
 def _run(cfg, batches):
-    opt = train.make_optimizer(cfg)
-    mesh = _mesh()
-    state = train.create_state(cfg, opt, mesh)
-    step = train.make_train_step(cfg, opt, mesh)
+    lay = _layout(cfg)
+    state = train.create_state(cfg, lay)
+    step = train.make_train_step(cfg, lay)
     state, m = step(state, batches)
     return state, jax.device_get(m)
 
@@ -81,12 +82,13 @@ def test_constant_schedule():
 
 def test_weight_decay_mask_excludes_norms_biases_and_embeddings():
     cfg = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, bias=True))
-    mask = train.decay_mask(cfg)
+    specs = transformer.param_specs(cfg.model)
+    mask = train.decay_mask(cfg, specs)
     assert mask["layers"]["wq"] and mask["layers"]["w_up"]
     assert not mask["layers"]["attn_norm"]["scale"] and not mask["layers"]["bq"]
     assert not mask["final_norm"]["bias"] and not mask["embed"] and not mask["pos_embed"]
     cfg2 = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, decay_embeddings=True))
-    assert train.decay_mask(cfg2)["embed"]
+    assert train.decay_mask(cfg2, specs)["embed"]
 
 
 def test_decay_really_skips_masked_params():
@@ -94,13 +96,14 @@ def test_decay_really_skips_masked_params():
     cfg = dataclasses.replace(
         TINY, train=dataclasses.replace(TINY.train, weight_decay=0.5, warmup_steps=0)
     )
-    opt = train.make_optimizer(cfg)
-    state = train.init_state(cfg, opt, 0)
+    lay = _layout(cfg)
+    opt = lay.opt
+    state = train.init_state(cfg, lay, 0)
     params = jax.tree.map(lambda a: a + 1.0, state["params"])  # nonzero norms/biases too
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = opt.update(zeros, opt.init(params), params)
     moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
-    assert moved == train.decay_mask(cfg)
+    assert moved == train.decay_mask(cfg, lay.specs)
 
 
 def test_grad_accumulation_equals_one_big_batch():
@@ -111,17 +114,15 @@ def test_grad_accumulation_equals_one_big_batch():
     s2, m2 = _run(cfg2, split)
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
     np.testing.assert_allclose(m1["grad_norm"], m2["grad_norm"], rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"]), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(s1["params"], s2["params"], rtol=1e-4, atol=1e-6)
 
 
 def test_fused_steps_equal_separate_calls():
     batches = _batches(TINY, 3)
     fused_state, fused = _run(TINY, batches)
-    opt = train.make_optimizer(TINY)
-    mesh = _mesh()
-    state = train.create_state(TINY, opt, mesh)
-    step = train.make_train_step(TINY, opt, mesh)
+    lay = _layout(TINY)
+    state = train.create_state(TINY, lay)
+    step = train.make_train_step(TINY, lay)
     losses = []
     for i in range(3):
         state, m = step(state, batches[i : i + 1])
@@ -134,17 +135,15 @@ def test_dynamic_call_of_n_steps_is_the_n_step_scan():
     """The loop's one program: S batches of which the first n are run, bit for bit the scan
     over those n (the rest are skipped, whatever they hold); metrics past n are zeros."""
     batches = _batches(TINY, 4)
-    opt = train.make_optimizer(TINY)
-    mesh = _mesh()
-    scan = train.make_train_step(TINY, opt, mesh)
-    dyn = train.make_train_step(TINY, opt, mesh, dynamic=True)
+    lay = _layout(TINY)
+    scan = train.make_train_step(TINY, lay)
+    dyn = train.make_train_step(TINY, lay, dynamic=True)
     for n in (4, 3, 1):
-        want_state, want = scan(train.create_state(TINY, opt, mesh), batches[:n])
+        want_state, want = scan(train.create_state(TINY, lay), batches[:n])
         padded = batches.copy()
         padded[n:] = 7  # not run: any content
-        got_state, got = dyn(train.create_state(TINY, opt, mesh), padded, np.int32(n))
-        for a, b in zip(jax.tree.leaves(want_state), jax.tree.leaves(got_state), strict=True):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        got_state, got = dyn(train.create_state(TINY, lay), padded, np.int32(n))
+        chex.assert_trees_all_equal(want_state, got_state)
         for k, v in jax.device_get(got).items():
             np.testing.assert_array_equal(v[:n], np.asarray(want[k]))
             assert not v[n:].any()
@@ -152,8 +151,7 @@ def test_dynamic_call_of_n_steps_is_the_n_step_scan():
 
 def test_metrics_are_the_real_loss_and_lr():
     batches = _batches(TINY, 1)
-    opt = train.make_optimizer(TINY)
-    state0 = train.init_state(TINY, opt, TINY.train.seed)
+    state0 = train.init_state(TINY, _layout(TINY), TINY.train.seed)
     want = float(train.loss_fn(state0["params"], batches[0, 0], TINY.model))
     _, m = _run(TINY, batches)
     assert m["loss"][0] == pytest.approx(want, rel=1e-5)
@@ -177,11 +175,8 @@ def test_tiny_model_overfits_one_batch():
 
 def test_token_losses_match_a_numpy_cross_entropy():
     cfg = TINY
-    opt = train.make_optimizer(cfg)
-    params = train.init_state(cfg, opt, 0)["params"]
+    params = train.init_state(cfg, _layout(cfg), 0)["params"]
     batch = _batches(cfg, 1)[0, 0]
-    from lm.model import transformer
-
     logits = np.asarray(
         transformer.apply(params, jnp.asarray(batch[:, :-1]), cfg.model), np.float64
     )
@@ -194,15 +189,27 @@ def test_token_losses_match_a_numpy_cross_entropy():
 def test_schedule_numbers_are_not_compiled_in():
     """Runs differing only in length, rate or schedule share one program (a sweep's branches
     load it from the compilation cache instead of compiling again)."""
-    mesh = _mesh()
     texts = []
     for t in (
         TINY.train,
         dataclasses.replace(TINY.train, steps=37, lr=1e-3, schedule="wsd", warmup_steps=3),
     ):
         cfg = dataclasses.replace(TINY, train=t)
-        opt = train.make_optimizer(cfg)
-        abstract, _ = train.state_specs(cfg, opt, mesh)
+        lay = _layout(cfg)
         batch = jax.ShapeDtypeStruct((1, 1, 8, 17), jnp.int32)
-        texts.append(train.make_train_step(cfg, opt, mesh).lower(abstract, batch).as_text())
+        texts.append(train.make_train_step(cfg, lay).lower(lay.abstract, batch).as_text())
     assert texts[0] == texts[1]
+
+
+def test_the_weights_specs_are_built_once_per_layout(monkeypatch):
+    """The optimizer's decay mask, the state's shapes and shardings, the initial state and the
+    train and eval programs all take the weights' specs from one `train.layout`."""
+    built = []
+    real = transformer.param_specs
+    monkeypatch.setattr(transformer, "param_specs", lambda m: built.append(m) or real(m))
+    lay = _layout(TINY)
+    train.create_state(TINY, lay)
+    i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)  # noqa: E731
+    train.make_train_step(TINY, lay, dynamic=True).lower(lay.abstract, i32(2, 1, 8, 17), i32())
+    train.make_eval_step(TINY, lay, batch=8)
+    assert built == [TINY.model]

@@ -1,5 +1,5 @@
 """lm.util.files.atomic_write: the old file or the whole new one, never a part, and no stray
-temporary file; two writers never share a temporary name. lm.util.safetensors: headers checked
+temporary file; two writers never share a temporary name. lm.util.tensorfile: headers checked
 against the file, against the `safetensors` package as the independent writer."""
 
 import io
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from lm.util import safetensors as st
+from lm.util import tensorfile as st
 from lm.util.files import atomic_write, temporary_name
 
 

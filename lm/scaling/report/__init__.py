@@ -13,6 +13,7 @@ One module per concern, each using only the others' public names:
 - allocation: approach 3's compute-optimal allocation under a convention's real FLOPs;
 - fits: every approach under one convention, with bootstrap and extrapolation;
 - parallel: the conventions fitted in child processes at the same time;
+- exchange: the files those processes read their jobs from and write their fits to (no pickle);
 - estimates: the exponents read off the fits (each approach's a with its interval);
 - checks: checks that can fail, on the primary convention;
 - summary: fit.json's fits and `summary` object, and the printed lines;
@@ -33,9 +34,7 @@ __all__ = [
     "N_BOOT",
     "Convention",
     "ConventionFit",
-    "add_plot_parser",
     "approach2",
-    "cmd_plot",
     "fit_convention",
     "flops_law",
     "grid_isoflops",

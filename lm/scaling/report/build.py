@@ -15,10 +15,13 @@ from lm.scaling.report import controls, estimates, markdown, plots, summary, tab
 from lm.scaling.report.conventions import (
     CONVENTIONS,
     DEFAULT_FLOPS_CONVENTION,
+    Convention,
     n_column_for,
     primary_convention,
 )
+from lm.scaling.report.fits import ConventionFit
 from lm.scaling.report.parallel import fit_all
+from lm.util.files import atomic_write
 
 if TYPE_CHECKING:
     from lm.scaling.sweep import SweepConfig
@@ -62,18 +65,7 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int) -> 
 
     # The rows are IsoFLOP sets only in the convention the sweep planned its budgets in.
     isoflop = t.info.get("kind") == "isoflop" and note is None
-    order = [primary] + [c for c in CONVENTIONS if c != primary]
-    jobs = [
-        (c, (t.main, t.curves), {"primary": c == primary, "isoflop_rows": isoflop and c == primary,
-                                 "noise": noise, "n_boot": n_boot, "seed": seed})
-        for c in order
-    ]  # fmt: skip
-    print_fn(
-        f"fitting {len(t.main)} runs under {len(jobs)} conventions (approaches 1-3 and Kaplan, "
-        f"{n_boot} bootstrap resamples each) ..."
-    )
-    done = fit_all(jobs, N_CHILDREN)
-    fits = {c.key: done[c.key] for c in CONVENTIONS}
+    fits = _fit_conventions(t, primary, isoflop, noise, print_fn, n_boot=n_boot, seed=seed)
     t_fit = time.perf_counter() - t0
 
     checks = checks_lib.run_checks(fits[primary.key])
@@ -118,22 +110,62 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int) -> 
     md = markdown.render(doc, fits, primary, summ, t.info, n_boot, out_dir.name)
     timing = {"fits": t_fit, "plots": t_plot, "total": time.perf_counter() - t0}
     doc["timing_s"] = timing
-    (out_dir / "fit.json").write_text(
-        json.dumps(summary.clean(doc), indent=1, allow_nan=False) + "\n"
+    atomic_write(
+        out_dir / "fit.json", json.dumps(summary.clean(doc), indent=1, allow_nan=False) + "\n"
     )
-    (out_dir / "report.md").write_text(md)
+    atomic_write(out_dir / "report.md", md)
+    res = _key_numbers(out_dir, fits, primary, checks, doc)
+    for line in summary.console_lines(res, summ, comparison, res["errors"], timing):
+        print_fn(line)
+    return res
 
+
+def _fit_conventions(
+    t: tables.SweepTables,
+    primary: Convention,
+    isoflop: bool,
+    noise: float,
+    print_fn,
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, ConventionFit]:
+    """Every convention's fits (`isoflop`: the primary convention's rows are IsoFLOP sets),
+    the primary's here and the others in child processes; keyed in CONVENTIONS' order."""
+    order = [primary] + [c for c in CONVENTIONS if c != primary]
+    jobs = [
+        (c, (t.main, t.curves), {"primary": c == primary, "isoflop_rows": isoflop and c == primary,
+                                 "noise": noise, "n_boot": n_boot, "seed": seed})
+        for c in order
+    ]  # fmt: skip
+    print_fn(
+        f"fitting {len(t.main)} runs under {len(jobs)} conventions (approaches 1-3 and Kaplan, "
+        f"{n_boot} bootstrap resamples each) ..."
+    )
+    done = fit_all(jobs, N_CHILDREN)
+    return {c.key: done[c.key] for c in CONVENTIONS}
+
+
+def _key_numbers(
+    out_dir: Path,
+    fits: dict[str, ConventionFit],
+    primary: Convention,
+    checks: list[dict],
+    doc: dict,
+) -> dict:
+    """What write_report returns: the key numbers, and the pieces of fit.json (`doc`) that
+    callers read."""
+    cosine, spread = doc["wsd_vs_cosine"], doc["seed_spread"]
     res = summary.key_numbers(fits, primary, checks)
     res.update(
-        summary=summ, convention_comparison=comparison, tokens_per_parameter=tpp,
-        report=str(out_dir / "report.md"), fit_json=str(out_dir / "fit.json"), plots=made,
-        checks=checks, seed_spread=spread, wsd_vs_cosine=cosine, epochs=doc["epochs"],
-        errors={k: list(v.errors) for k, v in fits.items()}, timing_s=timing,
+        summary=doc["summary"], convention_comparison=doc["convention_comparison"],
+        tokens_per_parameter=doc["tokens_per_parameter"], report=str(out_dir / "report.md"),
+        fit_json=str(out_dir / "fit.json"), plots=doc["plots"], checks=checks,
+        seed_spread=spread, wsd_vs_cosine=cosine, epochs=doc["epochs"],
+        errors={k: list(v.errors) for k, v in fits.items()}, timing_s=doc["timing_s"],
     )  # fmt: skip
     if cosine:
         res["mean_cosine_minus_wsd"] = sum(c["diff_cosine_minus_wsd"] for c in cosine) / len(cosine)
     if spread:
         res["seed_std"] = spread["std"]
-    for line in summary.console_lines(res, summ, comparison, res["errors"], timing):
-        print_fn(line)
     return res

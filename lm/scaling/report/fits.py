@@ -33,10 +33,11 @@ from lm.scaling.report.isoflops import grid_isoflops
 
 # L-BFGS options for approach-3 *refits* (bootstrap resamples, hold-out fits), which start
 # from the full fit's optimum plus fit.bootstrap_starts' coarse grid. The point fit keeps
-# fit.py's tight defaults (ftol 1e-12, 1000 steps; the Besiroglu et al. 2024 concern). On the
-# synthetic sweep of tests/test_report.py every resample's parameters agree with the defaults'
-# to 1e-6 (relative), at a fifth of the time: the lanes that run to 1000 steps are coarse-grid
-# starts drifting along flat directions, never the best lane. 100 steps is not enough (10%).
+# lm.scaling.fit's tight defaults (ftol 1e-12, 1000 steps; the Besiroglu et al. 2024 concern).
+# On the synthetic sweep of tests/scaling/test_report.py every resample's parameters agree with
+# the defaults' to 1e-6 (relative), at a fifth of the time: the lanes that run to 1000 steps
+# are coarse-grid starts drifting along flat directions, never the best lane. 100 steps is not
+# enough (10%).
 REFIT_OPTIONS = {"ftol": 1e-9, "max_iter": 200}
 N_BOOT_KAPLAN = 100  # each Kaplan refit runs a nonlinear least squares: the slow one
 MIN_SIZES = 3  # sizes per IsoFLOP budget, as the library's default
@@ -137,36 +138,7 @@ def fit_convention(
     k, p, rms = flops_law(sizes, np.array([np.median(fpt[N == s]) for s in sizes]))
     out.flops_law = {"k": k, "p": p, "rms_log_residual": rms}
 
-    # Approach 3 with the full 4500-start grid; the bootstrap and hold-outs restart from its
-    # optimum plus fit.bootstrap_starts' coarse grid.
-    a3 = attempt("approach 3", lambda: F.fit_approach3(runs), errors)
-    if a3 is not None:
-        theta = [a3.details["theta"][q] for q in F.A3_PARAMS]
-        starts = F.bootstrap_starts(theta)
-        if n_boot:
-            b = attempt(
-                "approach 3 bootstrap",
-                lambda: F.bootstrap(runs, "3", n_boot, seed=seed, base=a3, **REFIT_OPTIONS),
-                errors,
-            )
-            if b is not None:
-                info = {**b.info, "lbfgs": REFIT_OPTIONS}
-                a3 = dataclasses.replace(a3, ci95=b.ci95, bootstrap=info)
-                out.samples["3"] = b.samples
-        ex = attempt(
-            "approach 3 extrapolation (largest budget)",
-            lambda: F.extrapolation_check(runs, "3", starts=starts, **REFIT_OPTIONS),
-            errors,
-        )
-        if ex is not None:
-            a3 = dataclasses.replace(a3, extrapolation=ex)
-        out.holdout_largest_N["3"] = attempt(
-            "approach 3 extrapolation (largest N)",
-            lambda: holdout_largest_n(runs, "3", starts=starts, **REFIT_OPTIONS),
-            errors,
-        )
-        out.a3_effective = effective_allocation(a3.params, out.samples.get("3"), C, k, p)
-    out.results["3"] = a3
+    out.results["3"] = _approach3(runs, C, k, p, n_boot, seed, out)
     out.timing["approach3"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -179,18 +151,7 @@ def fit_convention(
     out.timing["kaplan"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    out.results["1"] = None
-    if finished_run_curves(runs) is not None:
-        out.a1_method = FINISHED_RUNS
-        out.results["1"] = _approach1_finished(runs, noise, n_boot, seed, out)
-    else:
-        out.a1_method = "training curves (curves.csv), each run's curve smoothed"
-        cruns = attempt("approach 1", lambda: curve_runs(conv, main, curves), errors)
-        if cruns is None and not any(e.startswith("approach 1") for e in errors):
-            errors.append("approach 1: no training curves (curves.csv empty or missing)")
-        elif cruns is not None:
-            out.curve_runs = cruns
-            out.results["1"] = _fit_with_uncertainty(cruns, "1", n_boot, seed, out)
+    out.results["1"] = _approach1(conv, main, curves, runs, noise, n_boot, seed, out)
     out.timing["approach1"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -199,6 +160,70 @@ def fit_convention(
     )
     out.timing["approach2"] = time.perf_counter() - t
     return out
+
+
+def _approach3(
+    runs: F.Runs, C: np.ndarray, k: float, p: float, n_boot: int, seed: int, out: ConventionFit
+) -> F.FitResult | None:
+    """Approach 3 with the full 4500-start grid; the bootstrap and hold-outs restart from its
+    optimum plus fit.bootstrap_starts' coarse grid. Fills out.samples["3"],
+    out.holdout_largest_N["3"] and out.a3_effective (under the FLOPs law C/D = k N^p)."""
+    errors = out.errors
+    a3 = attempt("approach 3", lambda: F.fit_approach3(runs), errors)
+    if a3 is None:
+        return None
+    theta = [a3.details["theta"][q] for q in F.A3_PARAMS]
+    starts = F.bootstrap_starts(theta)
+    if n_boot:
+        b = attempt(
+            "approach 3 bootstrap",
+            lambda: F.bootstrap(runs, "3", n_boot, seed=seed, base=a3, **REFIT_OPTIONS),
+            errors,
+        )
+        if b is not None:
+            info = {**b.info, "lbfgs": REFIT_OPTIONS}
+            a3 = dataclasses.replace(a3, ci95=b.ci95, bootstrap=info)
+            out.samples["3"] = b.samples
+    ex = attempt(
+        "approach 3 extrapolation (largest budget)",
+        lambda: F.extrapolation_check(runs, "3", starts=starts, **REFIT_OPTIONS),
+        errors,
+    )
+    if ex is not None:
+        a3 = dataclasses.replace(a3, extrapolation=ex)
+    out.holdout_largest_N["3"] = attempt(
+        "approach 3 extrapolation (largest N)",
+        lambda: holdout_largest_n(runs, "3", starts=starts, **REFIT_OPTIONS),
+        errors,
+    )
+    out.a3_effective = effective_allocation(a3.params, out.samples.get("3"), C, k, p)
+    return a3
+
+
+def _approach1(
+    conv: Convention,
+    main: list[dict],
+    curves: list[dict],
+    runs: F.Runs,
+    noise: float,
+    n_boot: int,
+    seed: int,
+    out: ConventionFit,
+) -> F.FitResult | None:
+    """Approach 1 on finished runs' curves where sizes have several, else on the training
+    curves; fills out.a1_method and out.curve_runs."""
+    errors = out.errors
+    if finished_run_curves(runs) is not None:
+        out.a1_method = FINISHED_RUNS
+        return _approach1_finished(runs, noise, n_boot, seed, out)
+    out.a1_method = "training curves (curves.csv), each run's curve smoothed"
+    cruns = attempt("approach 1", lambda: curve_runs(conv, main, curves), errors)
+    if cruns is None and not any(e.startswith("approach 1") for e in errors):
+        errors.append("approach 1: no training curves (curves.csv empty or missing)")
+    elif cruns is not None:
+        out.curve_runs = cruns
+        return _fit_with_uncertainty(cruns, "1", n_boot, seed, out)
+    return None
 
 
 def _fit_with_uncertainty(runs, approach, n_boot, seed, out) -> F.FitResult | None:

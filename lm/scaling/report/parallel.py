@@ -3,13 +3,13 @@
 The fits are independent, and their L-BFGS loops are many small numpy operations that hold
 the GIL, so threads mostly take turns. A child process (a plain interpreter running
 `fit_worker`, ~2 s to import, overlapped with the fit here) runs truly in parallel; not
-multiprocessing, whose spawn would re-run the caller's main script. Where no child can be
+multiprocessing, whose spawn would re-run the caller's main script (and pickles). Jobs and fits
+travel as files of lm.scaling.report.exchange, which hold no pickle. Where no child can be
 started or it fails, the fit is done here instead. The numbers are the same either way.
 """
 
 from __future__ import annotations
 
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from lm.scaling.report import exchange
 from lm.scaling.report.conventions import Convention
 from lm.scaling.report.fits import ConventionFit, fit_convention
 
@@ -24,16 +25,15 @@ _WORKER = "import sys; from lm.scaling.report.parallel import fit_worker; fit_wo
 
 
 def fit_worker(in_path: str, out_path: str) -> None:
-    """Child-process side of `fit_all`: pickled (conventions, arguments) in, pickled list of
-    fits out. One child fits its conventions one after another, so they share its compiled
-    programs (the approach-3 objective compiles once per data shape)."""
-    jobs = pickle.loads(Path(in_path).read_bytes())
+    """Child-process side of `fit_all`: a list of (convention, arguments, keywords) in, the
+    list of their fits out (both `exchange` files). One child fits its conventions one after
+    another, so they share its compiled programs (the approach-3 objective compiles once per
+    data shape)."""
+    jobs = exchange.load(in_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         out = [fit_convention(c, *args, **kw) for c, args, kw in jobs]
-    tmp = Path(out_path + ".tmp")
-    tmp.write_bytes(pickle.dumps(out))
-    tmp.replace(out_path)
+    exchange.dump(out, out_path)
 
 
 def fit_all(
@@ -48,8 +48,8 @@ def fit_all(
     with tempfile.TemporaryDirectory(prefix="lm-fit-") as tmp:
         children = []
         for i, share in enumerate(shares):
-            inp, outp = Path(tmp) / f"{i}.in", Path(tmp) / f"{i}.out"
-            inp.write_bytes(pickle.dumps(share))
+            inp, outp = Path(tmp) / f"{i}.in.npz", Path(tmp) / f"{i}.out.npz"
+            exchange.dump(share, inp)
             cmd = [sys.executable, "-c", _WORKER, str(inp), str(outp)]
             try:
                 children.append((share, subprocess.Popen(cmd), outp))
@@ -60,7 +60,7 @@ def fit_all(
             fits[c.key] = fit_convention(c, *args, **kw)
             for share, proc, outp in children:
                 if proc is not None and proc.wait() == 0 and outp.is_file():
-                    done = pickle.loads(outp.read_bytes())
+                    done = exchange.load(outp)
                 else:
                     done = [fit_convention(c, *args, **kw) for c, args, kw in share]
                 for f in done:

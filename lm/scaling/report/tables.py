@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lm import config as config_lib
+from lm.data import dataset
+from lm.data.tokenizer import load_tokenizer
 from lm.scaling.report.conventions import CONVENTIONS
 
 if TYPE_CHECKING:
@@ -195,10 +198,6 @@ def corpus_tokens(out_dir: Path, run_name: str) -> tuple[int | None, str]:
     if not (run_dir / "config.yaml").is_file():
         return None, f"no {run_dir / 'config.yaml'} to read the data config from"
     try:
-        from lm import config as config_lib
-        from lm.data import dataset
-        from lm.data.tokenizer import load_tokenizer
-
         cfg = config_lib.load(run_dir / "config.yaml")
         tok = load_tokenizer(run_dir)
         key = {

@@ -1,4 +1,5 @@
-"""Reading a safetensors file's header without trusting it: the one reader behind model files
+"""Reading a safetensors file's header without trusting it (named apart from the `safetensors`
+package, which writes such files): the one reader behind model files
 (`lm export`, lm.inference.numpy_runner) and Hugging Face checkpoints (lm.interop.hf).
 
 A safetensors file is an 8-byte little-endian header length n, n bytes of JSON
