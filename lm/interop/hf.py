@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -51,6 +50,7 @@ from lm.config import Config, DataConfig, ModelConfig, TrainConfig
 from lm.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer, save_tokenizer
 from lm.interop.hf_tokenizer import byte_tokenizer_json, tokenizer_config
 from lm.util import dirlock, tensorfile
+from lm.util.files import atomic_write
 
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
@@ -795,10 +795,8 @@ def export_hf(run_dir: str | Path, out_dir: str | Path, step: int | None = None)
     config = hf_config_from_model(cfg.model, tok)
     tensors = hf_tensors(jax_to_numpy(params), cfg.model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{WEIGHTS}.{os.getpid()}.tmp"
     # transformers reads only files whose metadata says which framework wrote them
-    safetensors.numpy.save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out_dir / WEIGHTS)
+    atomic_write(out_dir / WEIGHTS, safetensors.numpy.save(tensors, metadata={"format": "pt"}))
     (out_dir / CONFIG_JSON).write_text(json.dumps(config, indent=2) + "\n")
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

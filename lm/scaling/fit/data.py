@@ -194,13 +194,3 @@ def read_runs(
         values[c_col] if c_col else None,
         labels if run_col else None,
     )
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 or v == 0 else f"{v:.4e}"
-    return str(v)
