@@ -47,6 +47,8 @@ kaplan, approach1, approach2, approach3:
                `isoflop_budgets`; `approach3_log_predict`, `approach3_objective`,
                `approach3_value_and_grad`, `approach3_evaluator`, `approach3_params`,
                `approach3_predict`, `approach3_compute_optimal`, `chinchilla_grid`.
+varpro:        `fit_approach3_varpro`: approach 3's objective by variable projection (Golub and
+               Pereyra 1973): E, A, B solved for each (alpha, beta), only the exponents searched.
 dispatch:      `fit_one` dispatches on "kaplan" / "1" / "2" / "3".
 resample:      `bootstrap` -> `Bootstrap` (percentile 95% intervals; rows, runs or residuals by
                approach), `bootstrap_starts`.
@@ -102,6 +104,7 @@ from lm.scaling.fit.shared import (
     rel_err_stats,
     safe_exp,
 )
+from lm.scaling.fit.varpro import fit_approach3_varpro
 
 __all__ = [
     "A3_OPTIONS",
@@ -144,6 +147,7 @@ __all__ = [
     "fit_approach1",
     "fit_approach2",
     "fit_approach3",
+    "fit_approach3_varpro",
     "fit_kaplan",
     "fit_one",
     "format_table",
