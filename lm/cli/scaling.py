@@ -161,9 +161,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--sweep {out}: no results.csv (run `lm sweep run` first)")
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    for rep in args.replicates:
+        if not Path(rep).is_dir() or not (Path(rep) / "fit.json").is_file():
+            what = "no such directory" if not Path(rep).is_dir() else "no fit.json in it"
+            raise UsageError(f"--replicates {rep}: not a sweep output with a report ({what})")
     from lm.scaling.report.build import write_report  # lazy: jax loads only when a command runs
+    from lm.scaling.report.uncertainty import ReplicateError  # lazy, as above
 
-    write_report(out, None, print_fn=print, n_boot=args.bootstrap, seed=args.seed)
+    try:
+        write_report(out, None, print_fn=print, n_boot=args.bootstrap, seed=args.seed,
+                     replicates=args.replicates)  # fmt: skip
+    except ReplicateError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
@@ -180,6 +189,15 @@ def add_plot_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=N_BOOT, metavar="K",
                    help="bootstrap resamples per fit (default %(default)s; 0: none)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--replicates",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="other whole-pipeline runs of the same sweep file (other seeds, LR search "
+        "included), each a sweep directory with its report written: how far their a lies from "
+        "this run's widens ci95_total (see report.md, Sensitivity)",
+    )
     p.set_defaults(func=cmd_plot)
     return p
 

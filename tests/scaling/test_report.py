@@ -58,7 +58,8 @@ def test_report_files_written(synthetic):
                     "## Conventions side by side", "## Tokens per parameter",
                     "## Extrapolation", "## Learning rate: tuned, not borrowed",
                     "## Seed-to-seed spread", "## WSD branch vs separate", "## Epochs",
-                    "## Checks", "compute `C_6N`"):  # fmt: skip
+                    "## Checks", "compute `C_6N`",
+                    "## Sensitivity: method choices and whole-pipeline replicates"):  # fmt: skip
         assert section in md, section
     assert "200/200 resamples" in md  # the bootstrap count is stated
     assert set(doc["conventions"]) == {c.key for c in report.CONVENTIONS}
@@ -112,9 +113,13 @@ def test_summary_object(synthetic):
     assert set(s) == {"convention", "a", "approach2_interior_budgets", "checks"}
     assert set(s["a"]) == {"approach1", "approach2", "approach3"}
     for v in s["a"].values():
-        assert set(v) == {"value", "ci95"}
+        assert set(v) == {"value", "ci95", "ci95_total", "systematic"}
         lo, hi = v["ci95"]
         assert lo <= v["value"] <= hi
+        # The total interval contains the bootstrap's (lm.scaling.fit.sensitivity).
+        tlo, thi = v["ci95_total"]
+        assert tlo <= lo and hi <= thi
+        assert v["systematic"]["n_variants"] >= 2 and v["systematic"]["half_width"] >= 0
     assert s["approach2_interior_budgets"] == len(CLEAN["budgets"])
     for c in s["checks"]:
         assert set(c) == {"name", "pass", "detail"}
@@ -123,7 +128,8 @@ def test_summary_object(synthetic):
     # The older keys stay.
     doc = json.loads((out / "fit.json").read_text())
     for key in ("conventions", "convention_comparison", "tokens_per_parameter", "checks",
-                "seed_spread", "wsd_vs_cosine", "epochs", "plots", "notes"):  # fmt: skip
+                "seed_spread", "wsd_vs_cosine", "epochs", "plots", "notes",
+                "sensitivity"):  # fmt: skip
         assert key in doc, key
 
 

@@ -49,6 +49,7 @@ def isoflop_budgets(
     min_sizes: int = 3,
     window: int = ISOFLOP_WINDOW,
     window_decades: float = ISOFLOP_WINDOW_DECADES,
+    drop_edge_minima: bool = True,
 ) -> tuple[list[dict], list[dict], list[np.ndarray]]:
     """`isoflop_minima` plus each kept budget's window log residuals (for the bootstrap)."""
     if window < 1:
@@ -59,7 +60,9 @@ def isoflop_budgets(
     minima, dropped, resid_all = [], [], []
     for g in range(int(labels.max()) + 1 if len(r) else 0):
         rows = np.flatnonzero(labels == g)
-        record, resid = _budget_minimum(r, rows, min_sizes, window, window_decades)
+        record, resid = _budget_minimum(
+            r, rows, min_sizes, window, window_decades, drop_edge_minima
+        )
         if resid is None:
             dropped.append(record)
         else:
@@ -69,7 +72,7 @@ def isoflop_budgets(
 
 
 def _budget_minimum(
-    r: Runs, rows: np.ndarray, min_sizes: int, window: int, window_decades: float
+    r: Runs, rows: np.ndarray, min_sizes: int, window: int, window_decades: float, drop_edge: bool
 ) -> tuple[dict, np.ndarray | None]:
     """One budget's rows: its minimum and its window's log residuals, or the record of why it
     was dropped and None."""
@@ -90,14 +93,14 @@ def _budget_minimum(
         "N_empirical": float(np.exp(xs[j])),
         "N_range": [float(np.exp(xs[0])), float(np.exp(xs[-1]))],
     }
-    if j in (0, n_sizes - 1):
+    if drop_edge and j in (0, n_sizes - 1):
         edge = "smallest" if j == 0 else "largest"
         why = f"empirical minimum at the {edge} sampled size"
         return _dropped(C, rows, n_sizes, why, **where), None
     xr = xs - xs[j]
     x_all = logN - xs[j]
     w = _centred_window(xr, x_all, L, size, j, window, window_decades)
-    why = _no_minimum(w, xr)
+    why = _no_minimum(w, xr, drop_edge)
     if why is not None:
         return _dropped(C, rows, n_sizes, why, **where), None
     lo, hi, xv = w.lo, w.hi, w.xv
@@ -171,11 +174,15 @@ def _centred_window(
     return _Window(coef, lo, hi, inwin, xv, len(visited) - 1)
 
 
-def _no_minimum(w: _Window, xr: np.ndarray) -> str | None:
+def _no_minimum(w: _Window, xr: np.ndarray, drop_edge: bool = True) -> str | None:
     """Why the window vouches for no minimum, or None. Such a budget is dropped rather than
-    clipped: a clipped vertex is a guess at the window's edge that would bias the power law."""
+    clipped: a clipped vertex is a guess at the window's edge that would bias the power law.
+    With drop_edge False only a parabola opening downward is refused: its vertex is kept
+    wherever it lies, an extrapolation when outside the sampled sizes."""
     if not w.coef[0] > 0:
         return "no minimum near the empirical one: the window's parabola opens downward"
+    if not drop_edge:
+        return None
     if not xr[w.lo] <= w.xv <= xr[w.hi]:
         return (
             "no minimum near the empirical one: the window's parabola has its vertex "
@@ -194,6 +201,7 @@ def isoflop_minima(
     min_sizes: int = 3,
     window: int = ISOFLOP_WINDOW,
     window_decades: float = ISOFLOP_WINDOW_DECADES,
+    drop_edge_minima: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """The compute-optimal point of each IsoFLOP budget (Hoffmann et al. 2022, sec. 3.2), found
     locally around the empirical minimum (as Porian et al. 2024, arXiv:2406.19146, do with
@@ -212,6 +220,9 @@ def isoflop_minima(
        window (noise on a flat profile: no minimum the window can vouch for), or if the vertex
        is nearest the smallest or largest sampled size ("fitted minimum at the ... size").
        Clipping the vertex to the window would bias the power law towards the window's edge.
+       `drop_edge_minima=False` turns steps 1 and 3 off but for a parabola opening downward:
+       every such budget keeps its vertex, extrapolated where it lies beyond the sizes
+       (Hoffmann et al.'s own recipe; lm.scaling.fit.sensitivity measures what it changes).
     4. D_opt: log D against log N over the window's sizes (a quadratic; each row's D scaled to
        the budget's exact C), read at log N_opt. C is never assumed to be 6ND, so D_opt follows
        whatever FLOPs per token counted C.
@@ -228,6 +239,7 @@ def isoflop_minima(
         min_sizes=min_sizes,
         window=window,
         window_decades=window_decades,
+        drop_edge_minima=drop_edge_minima,
     )
     return minima, dropped
 
@@ -239,6 +251,7 @@ def fit_approach2(
     min_sizes: int = 3,
     window: int = ISOFLOP_WINDOW,
     window_decades: float = ISOFLOP_WINDOW_DECADES,
+    drop_edge_minima: bool = True,
 ) -> FitResult:
     """Hoffmann et al. 2022 approach 2: the IsoFLOP minima (`isoflop_minima`), then
     N_opt = k_N C^a and D_opt = k_D C^b, each fitted on its own by least squares in log space
@@ -248,7 +261,12 @@ def fit_approach2(
     residuals, an estimate of the relative loss noise), rms_log_residual of both power laws."""
     r = as_runs(runs)
     minima, dropped, resid = isoflop_budgets(
-        r, budget_tol=budget_tol, min_sizes=min_sizes, window=window, window_decades=window_decades
+        r,
+        budget_tol=budget_tol,
+        min_sizes=min_sizes,
+        window=window,
+        window_decades=window_decades,
+        drop_edge_minima=drop_edge_minima,
     )
     if len(minima) < 2:
         reasons: dict[str, int] = {}
@@ -275,6 +293,7 @@ def fit_approach2(
         "budget_tol": budget_tol,
         "window": window,
         "window_decades": window_decades,
+        "drop_edge_minima": drop_edge_minima,
     }
     return FitResult(
         "2",

@@ -36,7 +36,11 @@ def extrapolation_check(
     a = approach_key(approach)
     r = as_runs(runs)
     if a == "2":
-        kw = {k: v for k, v in fit_kwargs.items() if k in ("min_sizes", "window", "window_decades")}
+        kw = {
+            k: v
+            for k, v in fit_kwargs.items()
+            if k in ("min_sizes", "window", "window_decades", "drop_edge_minima")
+        }
         return _approach2(r, budget_tol, kw)
     labels = compute_budgets(r.C, budget_tol)
     if labels.max() + 1 < 3:

@@ -210,7 +210,7 @@ def _bootstrap_approach2(
     kw = {
         k: v
         for k, v in fit_kwargs.items()
-        if k in ("budget_tol", "min_sizes", "window", "window_decades")
+        if k in ("budget_tol", "min_sizes", "window", "window_decades", "drop_edge_minima")
     }
     _, _, resid = isoflop_budgets(r, **kw)
     pool = np.concatenate(resid) if resid else np.zeros(0)

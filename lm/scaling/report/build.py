@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lm.scaling import N_BOOT
 from lm.scaling.report import checks as checks_lib
-from lm.scaling.report import controls, estimates, markdown, plots, summary, tables
+from lm.scaling.report import controls, estimates, markdown, plots, summary, tables, uncertainty
 from lm.scaling.report.conventions import (
     CONVENTIONS,
     DEFAULT_FLOPS_CONVENTION,
@@ -41,24 +42,30 @@ def write_report(
     *,
     n_boot: int = N_BOOT,
     seed: int = 0,
+    replicates: Sequence[str | Path] = (),
 ) -> dict:
     """Fit, plot and write DIR/report.md, DIR/fit.json and DIR/plots/; return the key numbers.
 
     n_boot resamples for every bootstrap (Kaplan's capped at fits.N_BOOT_KAPLAN); 0 skips them.
-    Failed checks are findings: they are reported, never raised."""
+    `replicates`: directories of other whole-pipeline runs of the same sweep (their report
+    written), whose a widen ci95_total; uncertainty.ReplicateError, before any fit, if one
+    cannot be used. Failed checks are findings: they are reported, never raised."""
     # Bootstrap resamples that fail (a flat parabola, an overflowing power) are dropped and
     # counted in the report; numpy's per-resample warnings would only bury the summary.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _write_report(Path(out_dir), sweep, print_fn, n_boot=n_boot, seed=seed)
+        return _write_report(
+            Path(out_dir), sweep, print_fn, n_boot=n_boot, seed=seed, replicates=replicates
+        )
 
 
-def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int) -> dict:
+def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int, replicates) -> dict:
     t0 = time.perf_counter()
     t = tables.load(out_dir, sweep)
     primary, note = primary_convention(t.info)
     if note:
         t.notes.append(note)
+    reps = uncertainty.read_replicates(replicates, primary.key, out_dir)
     spread = controls.seed_spread(t.rows)
     cosine = controls.wsd_vs_cosine(t.rows)
     noise, noise_src = controls.parametric_noise(spread, t.main)
@@ -67,6 +74,8 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int) -> 
     isoflop = t.info.get("kind") == "isoflop" and note is None
     fits = _fit_conventions(t, primary, isoflop, noise, print_fn, n_boot=n_boot, seed=seed)
     t_fit = time.perf_counter() - t0
+    fits[primary.key].replicates = reps
+    fits[primary.key].sensitivity += uncertainty.convention_rows(fits, primary)
 
     checks = checks_lib.run_checks(fits[primary.key])
     lr_verdict = checks_lib.lr_check(t.lr)
@@ -89,6 +98,7 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int) -> 
         "kind": t.info.get("kind", "grid"),
         "primary_convention": primary.key,
         "summary": summ,
+        "sensitivity": uncertainty.document(fits[primary.key]),
         "rows": {"main": len(t.main), "all": len(t.rows), "curve_points": len(t.curves)},
         "conventions": {k: summary.fits_json(v) for k, v in fits.items()},
         "convention_comparison": comparison,

@@ -15,7 +15,11 @@ The rules, beyond basic signs:
 - refitted without the largest compute budget, each approach must predict it within 10%
   (N_opt for approaches 1 and 2, the loss for approach 3, as lm.scaling.fit reports them); a
   design with too few budgets to hold one out fails. Approach 1's held-out N_opt are sampled
-  sizes, so an error below the rounding to the nearest size says nothing and is not judged.
+  sizes, so an error below the rounding to the nearest size says nothing and is not judged;
+- an approach's systematic half-width on a (the largest change under its method variants and
+  across other whole-pipeline runs, lm.scaling.fit.sensitivity) may be at most twice its
+  statistical (bootstrap) half-width: beyond that the bootstrap interval understates the
+  uncertainty by more than half, and the answer is the method's as much as the data's.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import numpy as np
 
 from lm.scaling.report.estimates import APPROACHES, a_estimate
 from lm.scaling.report.fits import ConventionFit
+from lm.scaling.report.uncertainty import approach_total, statistical_half_width
 
 MIN_INTERIOR_BUDGETS = 3
 MAX_A_CI_WIDTH = 0.3
 MAX_EXTRAPOLATION_ERROR = 0.10
+MAX_SYSTEMATIC_RATIO = 2.0
 
 # Check names, stable for tools that read fit.json's summary.
 FRONTIER = "frontier monotone decreasing (lowest final loss per factor-2 compute bin)"
@@ -43,6 +49,11 @@ AGREE = "approaches 1, 2 and 3 agree on a within their 95% intervals"
 CI_WIDTH = f"every approach's 95% interval on a is at most {MAX_A_CI_WIDTH:g} wide"
 EXTRAPOLATION = (
     f"every approach predicts the held-out largest budget within {MAX_EXTRAPOLATION_ERROR:.0%}"
+)
+SYSTEMATIC = (
+    f"systematic within {MAX_SYSTEMATIC_RATIO:g}x statistical: every approach's half-width on a "
+    f"from method variants and replicates is at most {MAX_SYSTEMATIC_RATIO:g}x its bootstrap "
+    "half-width"
 )
 
 
@@ -119,7 +130,36 @@ def run_checks(f: ConventionFit) -> list[dict]:
         out.append(check(A3_STARTS, s["n_starts_at_best"] >= 2,
                          f"{s['n_starts_at_best']} of {s['n_starts']}"))  # fmt: skip
     out += [_all_fitted(f), _interior(f), _agree(f), _ci_width(f), _extrapolation(f)]
+    out.append(_systematic(f))
     return out
+
+
+def _systematic(f: ConventionFit) -> dict:
+    """FAIL if an approach's systematic half-width exceeds MAX_SYSTEMATIC_RATIO times its
+    statistical one; approaches without both (no bootstrap, no sensitivity rows) are listed
+    and not judged."""
+    parts, verdicts = [], []
+    for ap in APPROACHES:
+        e = a_estimate(f, ap)
+        if e is None:
+            continue
+        stat = statistical_half_width(e["ci95"])
+        sys_ = approach_total(f, ap)["systematic"]
+        if stat is None or sys_ is None or sys_["half_width"] is None:
+            why = "no bootstrap interval" if stat is None else "no variant could be refitted"
+            parts.append(f"approach {ap}: not judged ({why})")
+            continue
+        s = sys_["half_width"]
+        ok = s <= MAX_SYSTEMATIC_RATIO * stat
+        verdicts.append(ok)
+        driver = f", from {sys_['driver']}" if sys_["driver"] else ""
+        parts.append(
+            f"approach {ap}: systematic {s:.3f}{driver} vs statistical {stat:.3f}"
+            + ("" if ok else f" (more than {MAX_SYSTEMATIC_RATIO:g}x)")
+        )
+    if not verdicts:
+        return check(SYSTEMATIC, None, "; ".join(parts) or "no approach fitted")
+    return check(SYSTEMATIC, all(verdicts), "; ".join(parts))
 
 
 def _frontier(f: ConventionFit) -> dict:

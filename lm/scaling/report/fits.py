@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lm.scaling import fit as F
+from lm.scaling.fit import sensitivity as S
 from lm.scaling.report.allocation import ci_from_samples, effective_allocation, flops_law
 from lm.scaling.report.conventions import Convention
 from lm.scaling.report.isoflops import grid_isoflops
@@ -65,6 +66,10 @@ class ConventionFit:
     curve_runs: F.Runs | None = None  # approach 1's points
     a2_runs: F.Runs | None = None  # approach 2's IsoFLOP points (rows or interpolated)
     a2_method: str | None = None
+    # lm.scaling.fit.sensitivity's rows (the primary convention's only; the report adds the
+    # other conventions' as rows not counted) and other whole-pipeline runs' a per approach.
+    sensitivity: list[dict] = field(default_factory=list)
+    replicates: list[dict] = field(default_factory=list)
 
     def get(self, approach: str) -> F.FitResult | None:
         return self.results.get(approach)
@@ -159,7 +164,39 @@ def fit_convention(
         runs, fpt, isoflop_rows=isoflop_rows, noise=noise, n_boot=n_boot, seed=seed, out=out
     )
     out.timing["approach2"] = time.perf_counter() - t
+    if primary:
+        t = time.perf_counter()
+        out.sensitivity = (
+            attempt("sensitivity", lambda: method_sensitivity(out, runs), errors) or []
+        )
+        out.timing["sensitivity"] = time.perf_counter() - t
     return out
+
+
+def method_sensitivity(out: ConventionFit, runs: F.Runs) -> list[dict]:
+    """lm.scaling.fit.sensitivity on the points each approach was fitted to here, with this
+    module's settings as the defaults: approach 1 unsmoothed on finished-run curves, approach 2
+    with MIN_SIZES on interpolated sets, approach 3 refitted from its optimum plus the coarse
+    grid with REFIT_OPTIONS (its default refitted alike, so only the choice differs) and read
+    as the effective a, which is the a the summary reports."""
+    pts: dict[str, F.Runs] = {}
+    defaults: dict[str, dict] = {}
+    measure: dict[str, S.Measure] = {}
+    if out.get("1") is not None and out.curve_runs is not None:
+        pts["1"] = out.curve_runs
+        defaults["1"] = {"smooth_width": 0.0} if out.a1_method == FINISHED_RUNS else {}
+    if out.get("2") is not None and out.a2_runs is not None:
+        pts["2"] = out.a2_runs
+        defaults["2"] = {"min_sizes": MIN_SIZES} if out.a2_method == INTERPOLATED else {}
+    a3 = out.get("3")
+    if a3 is not None:
+        pts["3"] = runs
+        theta = [a3.details["theta"][q] for q in F.A3_PARAMS]
+        defaults["3"] = {"starts": F.bootstrap_starts(theta), **REFIT_OPTIONS}
+        if out.a3_effective and out.flops_law:
+            C, k, p = out.data["C"], out.flops_law["k"], out.flops_law["p"]
+            measure["3"] = lambda r: effective_allocation(r.params, None, C, k, p)
+    return S.sensitivity(pts, defaults, measure=measure)
 
 
 def _approach3(

@@ -14,6 +14,7 @@ from lm.scaling.report.estimates import APPROACHES
 from lm.scaling.report.fits import INTERPOLATED, N_BOOT_KAPLAN, ConventionFit
 from lm.scaling.report.plots import LR_PLOT
 from lm.scaling.report.summary import tally
+from lm.scaling.report.uncertainty import CONVENTION_CHOICE, METHOD, statistical_half_width
 
 # Published compute-optimal exponents the opening paragraph compares with.
 KAPLAN_A = 0.73  # Kaplan et al. 2020 (arXiv:2001.08361), N_opt ~ C^0.73
@@ -54,9 +55,10 @@ def ci_text(ci: Any) -> str:
 def _a_text(e: dict | None) -> str:
     if e is None:
         return "—"
-    ci = e["ci95"]
+    ci, total = e["ci95"], e.get("ci95_total")
     if ci and all(x is not None and math.isfinite(x) for x in ci):
-        return f"{e['value']:.3f} (95%: {ci[0]:.3f}-{ci[1]:.3f})"
+        with_sys = f"; total {total[0]:.3f}-{total[1]:.3f}" if total else ""
+        return f"{e['value']:.3f} (95%: {ci[0]:.3f}-{ci[1]:.3f}{with_sys})"
     return f"{e['value']:.3f} (no interval)"
 
 
@@ -88,6 +90,12 @@ def opening(summary: dict, primary: ConventionFit, own: bool) -> list[str]:
     missing = [ap for ap, e in measured if e is None]
     if missing and fitted:
         text.append("Approach " + " and ".join(missing) + " could not be fitted (see its section).")
+    if any(e.get("ci95_total") for _, e in fitted):
+        text.append(
+            "The first interval is the bootstrap's (the noise of the runs, method fixed); the "
+            "total adds the method's own choices and other runs of the whole sweep (see "
+            "Sensitivity)."
+        )
     agree = next((c for c in summary["checks"] if c["name"] == AGREE), None)
     if agree is not None and agree["pass"] is True:
         text.append("The approaches agree within their 95% intervals.")
@@ -234,6 +242,7 @@ def render(
     L += _approach1(fits)
     L += _approach2(fits, doc, primary)
     L += _side_by_side(fits, doc)
+    L += sensitivity_section(doc["sensitivity"], summary)
     L += _tokens_per_param(doc)
     L += _extrapolation(fits)
     if doc["learning_rate"] is not None:
@@ -425,6 +434,73 @@ def _side_by_side(fits, doc) -> list[str]:
                 f"(rms log residual {fl['rms_log_residual']:.2g}); effective a = "
                 f"{g(e['a'])}{ci_text(ci.get('a'))}, b = {g(e['b'])}{ci_text(ci.get('b'))}."
             )
+    return L
+
+
+def _dev(row: dict | None) -> str:
+    if row is None:
+        return "—"
+    if row["deviation"] is None:
+        return f"not fitted: {row['error']}"
+    return f"{row['deviation']:+.4f} (a = {row['a']:.3f})"
+
+
+def _sensitivity_table(doc: dict, summary: dict) -> list[str]:
+    """Rows: each variant, convention and replicate; columns: the approaches' change in a."""
+    aps = ("1", "2", "3")
+    by: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in doc["rows"]:
+        by.setdefault((r["name"].split(": ", 1)[-1], r["choice"]), {})[r["approach"]] = r
+    L = ["| variant | counted | " + " | ".join(f"approach {ap}" for ap in aps) + " |"]
+    L.append("|---" * (len(aps) + 2) + "|")
+    for (name, choice), cells in by.items():
+        counted = "no" if choice == CONVENTION_CHOICE else "yes"
+        L.append(f"| {name} | {counted} | " + " | ".join(_dev(cells.get(ap)) for ap in aps) + " |")
+    for rep in doc["replicates"]:
+        cells = []
+        for ap in aps:
+            v, e = rep["a"].get(ap), summary["a"][f"approach{ap}"]
+            cells.append("—" if v is None or e is None else f"{v - e['value']:+.4f} (a = {v:.3f})")
+        L.append(f"| replicate `{rep['path']}` | yes | " + " | ".join(cells) + " |")
+    return L
+
+
+def sensitivity_section(doc: dict, summary: dict) -> list[str]:
+    """The sensitivity table and, per approach, how ci95 becomes ci95_total."""
+    L = ["", "## Sensitivity: method choices and whole-pipeline replicates", ""]
+    L.append(
+        "The bootstrap intervals hold the method fixed. Here each approach is refitted with one "
+        "of its choices changed (every other setting at its default, on the primary "
+        "convention's points), and the change in a is listed; another convention changes what "
+        "a means, not how well it is measured (Porian et al. 2024), so it is shown for scale. "
+        f"{METHOD}"
+    )
+    L += [""] + _sensitivity_table(doc, summary) + [""]
+    if not doc["replicates"]:
+        L.append(
+            "No other whole-pipeline runs were given (`lm scaling plot --replicates DIR ...`): "
+            "the learning-rate search and the runs' seeds vary only inside the bootstrap's noise "
+            "here, so ci95_total can still miss a fresh run of the same sweep."
+        )
+    L.append("")
+    for ap in ("1", "2", "3"):
+        e = summary["a"][f"approach{ap}"]
+        if e is None or e.get("systematic") is None:
+            continue
+        sy, stat, tot = e["systematic"], statistical_half_width(e["ci95"]), e["ci95_total"]
+        parts = [f"- approach {ap}: method {g(sy['method_half_width'])}"]
+        if sy["method_driver"]:
+            parts.append(f" ({sy['method_driver'].split(': ', 1)[-1]})")
+        if sy["replicates_half_width"] is not None:
+            parts.append(f", replicates {g(sy['replicates_half_width'])} ({sy['n_replicates']})")
+        parts.append(f"; systematic {g(sy['half_width'])} vs statistical {g(stat)}")
+        if tot:
+            ci = e["ci95"]
+            parts.append(
+                f"; 95% [{ci[0]:.3f}, {ci[1]:.3f}] (width {ci[1] - ci[0]:.3f}) -> total "
+                f"[{tot[0]:.3f}, {tot[1]:.3f}] (width {tot[1] - tot[0]:.3f})"
+            )
+        L.append("".join(parts) + ".")
     return L
 
 

@@ -11,18 +11,25 @@ from lm.scaling.report.checks import count, interior_budgets, verdict
 from lm.scaling.report.conventions import CONVENTIONS, Convention
 from lm.scaling.report.estimates import APPROACHES, a_estimate
 from lm.scaling.report.fits import ConventionFit
+from lm.scaling.report.uncertainty import approach_total
 
 
 def summary_object(f: ConventionFit, checks: list[dict]) -> dict:
     """fit.json's `summary`, for the primary convention:
-    {"convention": key, "a": {"approach1": {"value", "ci95"} or null, ...},
-     "approach2_interior_budgets": k or null, "checks": [{"name", "pass", "detail"}]}."""
+    {"convention": key, "a": {"approach1": {"value", "ci95", "ci95_total", "systematic"} or
+     null, ...}, "approach2_interior_budgets": k or null, "checks": [{"name", "pass",
+     "detail"}]}. ci95_total and systematic: lm.scaling.report.uncertainty.approach_total."""
     return {
         "convention": f.convention.key,
-        "a": {f"approach{ap}": a_estimate(f, ap) for ap in APPROACHES},
+        "a": {f"approach{ap}": _a_entry(f, ap) for ap in APPROACHES},
         "approach2_interior_budgets": interior_budgets(f),
         "checks": [{"name": c["name"], "pass": c["pass"], "detail": c["detail"]} for c in checks],
     }
+
+
+def _a_entry(f: ConventionFit, approach: str) -> dict | None:
+    e = a_estimate(f, approach)
+    return None if e is None else {**e, **approach_total(f, approach)}
 
 
 def key_numbers(fits: dict[str, ConventionFit], primary: Convention, checks: list[dict]) -> dict:
@@ -84,6 +91,7 @@ def console_lines(
         + ", ".join(
             f"approach {ap} {_g(a[f'approach{ap}'] and a[f'approach{ap}']['value'])}"
             + _ci((a[f"approach{ap}"] or {}).get("ci95"))
+            + _ci((a[f"approach{ap}"] or {}).get("ci95_total"), " total")
             for ap in APPROACHES
         )
     )
@@ -124,7 +132,7 @@ def tally(checks: list[dict]) -> str:
     return f"{n['FAIL']} checks FAIL ({n['PASS']} PASS, {n['SKIP']} SKIP){why}"
 
 
-def _ci(ci: Any) -> str:
+def _ci(ci: Any, label: str = "") -> str:
     if not ci or any(x is None or not math.isfinite(x) for x in ci):
         return ""
-    return f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return f"{label} [{ci[0]:.3f}, {ci[1]:.3f}]"
