@@ -133,6 +133,17 @@ def test_approach3_starts_rule():
     assert c["pass"] is False and c["detail"] == "1 of 4500"
 
 
+def test_approach3_fails_when_variable_projection_beats_the_grid():
+    vp = {"objective_rel_diff": 0.0, "a_diff": 0.0, "condition_full": 3e6,
+          "condition_projected": 7.0}  # fmt: skip
+    f = _three(stats3={"n_starts_at_best": 30, "n_starts": 4500, "varpro": vp})
+    c = _by_name(f)[C.A3_STARTS]
+    assert c["pass"] is True and "3e+06 (5 parameters) vs 7 (the 2 exponents)" in c["detail"]
+    # the grid's optimum 1e-4 above variable projection's: it missed the optimum
+    vp["objective_rel_diff"] = 1e-4
+    assert _by_name(f)[C.A3_STARTS]["pass"] is False
+
+
 # ---------------------------------------------------------------- designs that cannot answer
 
 BUDGETS = (1e11, 3e11, 1e12, 3e12, 1e13)

@@ -107,6 +107,28 @@ def interior_budgets(f: ConventionFit) -> int | None:
     return sum(1 for b in r.details.get("budgets", []) if b.get("interior", True))
 
 
+# Variable projection finding a lower objective than this means the grid missed the optimum;
+# above it, the two are the same optimum up to the inner solver's tolerance (on the committed
+# cpu-tiny sweep they agree to 1e-15; on its bootstrap resamples VarPro was at most 1.2e-4 above).
+A3_VARPRO_RTOL = 1e-6
+
+
+def _a3_optimum(s: dict) -> tuple[bool, str]:
+    """Approach 3's optimum: reached from >= 2 grid starts, and not beaten by variable
+    projection (`lm.scaling.fit.varpro`, when it was fitted: `stats["varpro"]`)."""
+    ok, detail = s["n_starts_at_best"] >= 2, f"{s['n_starts_at_best']} of {s['n_starts']}"
+    vp = s.get("varpro")
+    if vp:
+        ok = ok and vp["objective_rel_diff"] <= A3_VARPRO_RTOL
+        detail += (
+            f"; variable projection: objective {vp['objective_rel_diff']:+.1e} relative to "
+            f"it, a {vp['a_diff']:+.1e} from it; condition number "
+            f"{vp['condition_full']:.2g} (5 parameters) vs {vp['condition_projected']:.2g} "
+            "(the 2 exponents)"
+        )
+    return ok, detail
+
+
 def run_checks(f: ConventionFit) -> list[dict]:
     """Every check on the primary convention's fits, in a fixed order."""
     tag = f.convention.tag
@@ -127,8 +149,7 @@ def run_checks(f: ConventionFit) -> list[dict]:
         p, s = a3.params, a3.stats
         out.append(check(A3_SIGNS, p["alpha"] > 0 and p["beta"] > 0,
                          f"{tag} alpha = {p['alpha']:.4g}, beta = {p['beta']:.4g}"))  # fmt: skip
-        out.append(check(A3_STARTS, s["n_starts_at_best"] >= 2,
-                         f"{s['n_starts_at_best']} of {s['n_starts']}"))  # fmt: skip
+        out.append(check(A3_STARTS, *_a3_optimum(s)))
     out += [_all_fitted(f), _interior(f), _agree(f), _ci_width(f), _extrapolation(f)]
     out.append(_systematic(f))
     return out
