@@ -66,17 +66,17 @@ def read_header(f: BinaryIO, size: int, dtypes: Mapping[str, str] = DTYPES) -> H
 
 def _entry(name: str, info, data_size: int, dtypes: Mapping[str, str]) -> Tensor:
     if not isinstance(info, dict):
-        raise SafetensorsError(f"tensor {name}: malformed shape or data_offsets")
+        raise SafetensorsError(f"tensor {name!r}: malformed shape or data_offsets")
     if str(info.get("dtype")) not in dtypes:
-        raise SafetensorsError(f"tensor {name}: dtype {info.get('dtype')!r} is not one of "
+        raise SafetensorsError(f"tensor {name!r}: dtype {info.get('dtype')!r} is not one of "
                                f"{', '.join(dtypes)}")  # fmt: skip
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not (_ints(shape) and _ints(offsets, 2)) or offsets[0] > offsets[1]:
-        raise SafetensorsError(f"tensor {name}: malformed shape or data_offsets")
+        raise SafetensorsError(f"tensor {name!r}: malformed shape or data_offsets")
     begin, end = offsets
     nbytes = math.prod(shape) * np.dtype(dtypes[info["dtype"]]).itemsize
     if end > data_size or end - begin != nbytes:
-        raise SafetensorsError(f"tensor {name}: bytes {begin}..{end} do not fit its shape or the "
+        raise SafetensorsError(f"tensor {name!r}: bytes {begin}..{end} do not fit its shape or the "
                                "file")  # fmt: skip
     return Tensor(info["dtype"], tuple(shape), begin, end)
 
