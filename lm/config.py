@@ -105,6 +105,12 @@ class ModelConfig:
     # Backward passes: "custom" uses lm.model.cpu_kernels (hand-written, faster on XLA:CPU),
     # "autodiff" JAX's own; "auto" picks custom on the CPU backend without remat.
     grad_impl: Literal["auto", "custom", "autodiff"] = "auto"
+    # "sp": the standard parametrization. "mup": the Maximal Update Parametrization (Yang et al.
+    # 2022, arXiv:2203.03466, Table 8, Adam), equal to sp at d_model = mup_base_width but for the
+    # attention's 1/head_dim temperature, so a learning rate tuned on that proxy width transfers
+    # to wider models (lm/model/parametrization.py).
+    parametrization: Literal["sp", "mup"] = "sp"
+    mup_base_width: int = 32  # the proxy's d_model, where mup's width multiplier is 1
 
     @property
     def kv_heads(self) -> int:
@@ -474,6 +480,9 @@ def _check_model(m: ModelConfig) -> None:
     _check(m.rope_theta > 0, "model.rope_theta", m.rope_theta, "must be > 0")
     _check(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "must be > 0")
     _check(m.init_std > 0, "model.init_std", m.init_std, "must be > 0")
+    p = m.parametrization  # checked when loaded; this catches one set by dataclasses.replace
+    _check(p in ("sp", "mup"), "model.parametrization", p, "must be one of 'sp', 'mup'")
+    _check(m.mup_base_width >= 1, "model.mup_base_width", m.mup_base_width, "must be >= 1")
 
 
 def _check_data(cfg: Config) -> None:

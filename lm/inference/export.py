@@ -28,6 +28,7 @@ from lm import config as config_lib
 from lm.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, load_tokenizer
 from lm.inference.numpy_runner import (
     FORMAT,
+    MUP_VERSION,
     VERSION,
     ModelFileError,
     digest,
@@ -35,6 +36,7 @@ from lm.inference.numpy_runner import (
     read_model_file,
 )
 from lm.model import bigram
+from lm.model import parametrization as mup
 from lm.util.files import atomic_write
 
 __all__ = ["ModelFileError", "export", "load", "save"]
@@ -52,7 +54,7 @@ def save(out_path: str | Path, cfg: config_lib.Config, params: dict[str, Any], t
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=V))
     meta = {
         "format": FORMAT,
-        "format_version": VERSION,
+        "format_version": MUP_VERSION if mup.is_mup(cfg.model) else VERSION,
         "kind": cfg.kind,
         "config": json.dumps(config_lib.to_dict(cfg)),
     }

@@ -36,6 +36,7 @@ from lm.config import Config, ModelConfig
 from lm.data import pieces as pieces_lib
 from lm.inference import sampling
 from lm.inference.request import GREEDY, SamplingParams, check_fits
+from lm.model import parametrization as mup
 from lm.model import transformer
 from lm.util import fonts
 
@@ -312,7 +313,8 @@ def _say_logits(say, m: ModelConfig, tok, tokens, logits, out: Path | None):
     ]
     say("\n== 4. logits ==")
     unembed = "embed.T (tied)" if m.tied_embeddings else "unembed"
-    say(f"final norm, then x @ {unembed}: logits [T={T}, V={logits.shape[1]}]")
+    mult = f" times muP's 1/m = {mup.output_multiplier(m):.4g}" if mup.is_mup(m) else ""
+    say(f"final norm{mult}, then x @ {unembed}: logits [T={T}, V={logits.shape[1]}]")
     say(f"the last row, [V={logits.shape[1]}], scores every possible next token; softmax:")
     say(f"{'rank':>5} {'id':>6} {'prob':>7} {'logit':>8}  {'text':<12} piece")
     for r, row in enumerate(top, 1):
@@ -495,7 +497,8 @@ def _stage_layer(say, m: ModelConfig, rec, layer: int, pieces, P: int, out: Path
         a = rec[name][layer]
         say(f"    {name} at the last position, per head: "
             + "; ".join(_vec(a[-1, h]) for h in range(a.shape[1])))  # fmt: skip
-    say("  attention per head: softmax(q k^T / sqrt(H)) over earlier positions; for each "
+    temp = "H (muP)" if mup.is_mup(m) else "sqrt(H)"
+    say(f"  attention per head: softmax(q k^T / {temp}) over earlier positions; for each "
         "output position, the input it attends to most:")  # fmt: skip
     w = rec["attention"][layer]
     for t in range(max(P - 1, 0), T):

@@ -16,7 +16,10 @@ metadata: format, format_version, kind (transformer | bigram), config (the run's
 JSON), tokenizer (byte | sentencepiece; its proto is the uint8 "tokenizer.proto") and, from
 format_version 2, sha256: the SHA-256 of the other metadata and every tensor's bytes (see `digest`),
 so a flipped bit fails to load instead of running as garbage. Version 1 files (no digest) are still
-read. Nothing in a file is ever executed: every size and offset is checked against the file first.
+read. Version 3 is version 2 for a model with `model.parametrization: mup`, whose forward pass
+has muP's output and attention multipliers (lm.model.parametrization; the config carries the
+parametrization and mup_base_width). Nothing in a file is ever executed: every size and offset is
+checked against the file first.
 
 A request's sampling parameters and token budget are `lm.inference.request`'s, as for JAX.
 """
@@ -36,11 +39,15 @@ import numpy as np
 
 from lm.data.tokenizer import ByteTokenizer, SentencePieceTokenizer
 from lm.inference.request import GREEDY, RequestError, SamplingParams, new_token_budget
+from lm.model import parametrization as mup
 from lm.model import rope
 from lm.util import tensorfile
 
 FORMAT, VERSION = "lm-model", "2"
-READABLE = ("1", "2")  # 1: before the digest
+# A muP model's file is version 3, otherwise version 2's: a reader from before muP refuses it
+# rather than running it without muP's multipliers.
+MUP_VERSION = "3"
+READABLE = ("1", "2", "3")  # 1: before the digest
 DTYPES = {"F32": "<f4", "F16": "<f2", "U8": "u1"}
 
 
@@ -126,6 +133,10 @@ def param_shapes(kind: str, m: dict) -> dict[str, tuple[int, ...]]:
             nums[k] = m[k]
         nums["span"] = (m["rope_high_freq_factor"] - m["rope_low_freq_factor"]) or 1
         nums["original"] = m["rope_original_max_seq_len"]
+    if m.get("parametrization", "sp") not in ("sp", "mup"):  # absent before muP: sp
+        raise ValueError("parametrization")
+    if mup.is_mup(m):
+        nums["mup_base_width"] = m["mup_base_width"]
     if not all(type(v) in (int, float) and 0 < v < math.inf for v in nums.values()):
         raise ValueError(", ".join(nums))
     H = D // N
@@ -194,7 +205,8 @@ def attention(p: dict, x_TD, pos_T, k_SKH, v_SKH, m: dict):
     k_SKH[pos_T], v_SKH[pos_T] = k_TKH, v_TKH
     (T, N, H), K = q_TNH.shape, k_SKH.shape[1]
     q_TKGH = q_TNH.reshape(T, K, N // K, H)  # G query heads share each key/value head
-    s_KGTS = np.einsum("TKGH,SKH->KGTS", q_TKGH, k_SKH[:S]) / np.float32(math.sqrt(H))
+    scale = np.float32(mup.attention_scale(m, H))  # 1/sqrt(H); 1/H under muP
+    s_KGTS = np.einsum("TKGH,SKH->KGTS", q_TKGH, k_SKH[:S]) * scale
     s_KGTS = np.where(np.arange(S) <= pos_T[:, None], s_KGTS, -np.inf)
     w_KGTS = np.exp(s_KGTS - s_KGTS.max(-1, keepdims=True))
     w_KGTS /= w_KGTS.sum(-1, keepdims=True)
@@ -233,7 +245,7 @@ def transformer(w: dict, m: dict, S: int | None = None) -> Callable[[list[int]],
         for p, k_SKH, v_SKH in zip(layers, k_LSKH, v_LSKH, strict=True):
             x_TD = x_TD + attention(p, norm(x_TD, p, "attn_norm", m), pos_T, k_SKH, v_SKH, m)
             x_TD = x_TD + mlp(p, norm(x_TD, p, "mlp_norm", m), m)
-        x_D = norm(x_TD[-1:], w, "final_norm", m)[0]
+        x_D = norm(x_TD[-1:], w, "final_norm", m)[0] * np.float32(mup.output_multiplier(m))
         return x_D @ w["unembed"] if "unembed" in w else w["embed"] @ x_D
 
     return step

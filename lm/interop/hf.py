@@ -33,6 +33,12 @@ GPT-2's Conv1D weights [in, out]; layer i of a stacked [L, ...] weight is HF's l
 
 Our rotary embedding already rotates the two halves of each head, as HF's Llama does, so q and
 k need no permutation; our GELU is the tanh approximation, which is GPT-2's "gelu_new".
+
+A muP model (model.parametrization: mup) exports with its two forward-pass multipliers folded
+into the weights, so HF's plain architectures compute the same logits: the output multiplier 1/m
+into the final norm's scale (and bias), and the attention's 1/H (HF divides by sqrt(H)) into wq
+and bq as a factor 1/sqrt(H), which commutes with the rotary embedding. The export imports back
+as an sp model with the same function.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from lm import config as config_lib
 from lm.config import Config, DataConfig, ModelConfig, TrainConfig
 from lm.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer, save_tokenizer
 from lm.interop.hf_tokenizer import byte_tokenizer_json, tokenizer_config
+from lm.model import parametrization as mup
 from lm.util import dirlock, tensorfile
 from lm.util.files import atomic_write
 
@@ -560,11 +567,13 @@ def read_params(
 
 
 def hf_tensors(params: dict[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
-    """Our params as HF-named float32 tensors (GPT-2 biases our model lacks are zeros)."""
+    """Our params as HF-named float32 tensors (GPT-2 biases our model lacks are zeros), muP's
+    multipliers folded in (`fold_mup`)."""
     from flax.traverse_util import flatten_dict
 
     family = _family(m)
     flat = {k: np.asarray(v, np.float32) for k, v in flatten_dict(params, sep=".").items()}
+    flat = fold_mup(flat, m)
     shapes = _our_shapes(dataclasses.replace(m, bias=True) if family == "gpt2" else m)
     out: dict[str, np.ndarray] = {}
     for e in _entries(m, family):
@@ -582,6 +591,21 @@ def hf_tensors(params: dict[str, Any], m: ModelConfig) -> dict[str, np.ndarray]:
         parts = [out.pop(f"{base}#{c}") for c in "qkv"]
         out[base] = np.concatenate(parts, axis=-1)
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def fold_mup(flat: dict[str, np.ndarray], m: ModelConfig) -> dict[str, np.ndarray]:
+    """Flat params whose plain (sp) forward pass computes m's logits: muP's output multiplier
+    folded into the final norm (scale and bias: it multiplies the norm's output), and the
+    ratio of its attention scale 1/H to sp's 1/sqrt(H) into the queries (wq, bq). sp: as given."""
+    if not mup.is_mup(m):
+        return flat
+    out, q = dict(flat), mup.attention_scale(m, m.head_dim) * math.sqrt(m.head_dim)
+    factors = {"final_norm.scale": mup.output_multiplier(m), "layers.wq": q, "layers.bq": q}
+    factors["final_norm.bias"] = factors["final_norm.scale"]
+    for k, f in factors.items():
+        if k in out:
+            out[k] = (out[k] * np.float32(f)).astype(np.float32)
+    return out
 
 
 # ---------------------------------------------------------------- tokenizers

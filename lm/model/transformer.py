@@ -12,7 +12,10 @@ Shape letters, the one table for the whole project (in names such as `x_BTD` and
 lm/scaling keeps the scaling-law letters instead: N parameters, D tokens, C FLOPs.
 
 Each weight is described once in `param_specs` (shape, logical axes, initializer, whether
-weight decay applies); `init` and the shardings (`lm.training.sharding`) both derive from it. Layer
+weight decay applies, its learning-rate factor); `init`, the optimizer and the shardings
+(`lm.training.sharding`) all derive from it. `model.parametrization` (sp or muP,
+`lm.model.parametrization`) sets the stds and learning-rate factors there, and two multipliers in
+the forward pass: the output layer's (`output_features`) and the attention's (`attend_heads`). Layer
 weights are stacked on a leading L axis so the layers run under `lax.scan` and compile time
 stays flat in depth.
 """
@@ -34,6 +37,7 @@ import numpy as np
 from lm.config import ModelConfig
 from lm.hardware import precision
 from lm.model import cpu_kernels
+from lm.model import parametrization as mup
 from lm.model import rope as rope_lib
 
 Params = dict[str, Any]
@@ -47,6 +51,7 @@ class ParamSpec:
     std: float = 0.0
     decay: bool = True  # weight decay applies (never to norms and biases)
     embedding: bool = False  # counted as an embedding (Kaplan's N excludes these)
+    lr_scale: float = 1.0  # factor on the learning rate (muP's 1/m on hidden weights)
 
 
 def param_specs(cfg: ModelConfig) -> dict[str, Any]:
@@ -56,9 +61,12 @@ def param_specs(cfg: ModelConfig) -> dict[str, Any]:
     )  # fmt: skip
     std = cfg.init_std
     out_std = std / math.sqrt(2 * L)  # residual-branch outputs scaled as in GPT-2
+    # The hidden weights, built by `w` (fan-in and fan-out both grow with width): muP scales
+    # their std by 1/sqrt(m) and their learning rate by 1/m; sp leaves both (factors of 1).
+    hidden_std, hidden_lr = mup.hidden_init_scale(cfg), mup.hidden_lr_scale(cfg)
 
     def w(shape, axes, s=std):
-        return ParamSpec(shape, axes, "normal", s)
+        return ParamSpec(shape, axes, "normal", s * hidden_std, lr_scale=hidden_lr)
 
     def norm(shape, axes):
         p = {"scale": ParamSpec(shape, axes, "ones", decay=False)}
@@ -178,7 +186,7 @@ def attend(q_BTKGH, k_BSKH, v_BSKH, mask_BTS):
     """softmax(q k^T, masked) v -> (out [B, T, K, G, H], weights [B, K, G, T, S]), float32.
 
     The one attention core: training, evaluation, KV-cache decoding and lm.inference.inspection all
-    call it. q comes scaled by 1/sqrt(H); the G query heads of a group share one key/value head.
+    call it. q comes scaled (`attend_heads`); the G query heads of a group share one key/value head.
     Keys and values may come as tuples of blocks along S (a decode step's cache and its own
     new key), attended as one without copying them into one array."""
     ks, vs = (k_BSKH, v_BSKH) if isinstance(k_BSKH, tuple) else ((k_BSKH,), (v_BSKH,))
@@ -294,9 +302,10 @@ def attend_heads(q_BTNH, k_BSKH, v_BSKH, mask_BTS, cfg: ModelConfig, cached: boo
     plain `attend`; the fast kernels would first copy the cache into their own layout."""
     B, T, N, H = q_BTNH.shape
     K = jax.tree.leaves(k_BSKH)[0].shape[2]  # k may be a tuple of blocks (see attend)
-    # Scaling q ([B,T,N,H]) rather than the [B,N,T,S] scores: exact when sqrt(H) is a power of
-    # two, within an ulp otherwise.
-    q_BTNH = q_BTNH * (1 / math.sqrt(H))
+    # The one place q is scaled: by 1/sqrt(H), or 1/H under muP (with H fixed as the model
+    # widens, a constant temperature). Scaling q ([B,T,N,H]) rather than the [B,N,T,S] scores:
+    # exact when the scale is a power of two, within an ulp otherwise.
+    q_BTNH = q_BTNH * mup.attention_scale(cfg, H)
     core = attend if cached else kernels(cfg).attend
     q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
     o_BTKGH, w_BKGTS = core(*operands(cfg, q_BTKGH, k_BSKH, v_BSKH), mask_BTS)
@@ -372,9 +381,18 @@ def output_weight(params: Params, cfg: ModelConfig) -> jax.Array:
     return params["embed"] if cfg.tied_embeddings else params["unembed"]
 
 
+def output_features(params: Params, x_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """What the output layer multiplies: the final norm of the residual stream [B, T, D], times
+    muP's output multiplier 1/m (logits x 1/m, applied on D rather than V). Both the logits
+    (`unembed`) and the training loss (lm.training.train.token_losses) start here."""
+    x_BTD = norm(params["final_norm"], x_BTD, cfg)
+    scale = mup.output_multiplier(cfg)
+    return x_BTD if scale == 1.0 else x_BTD * scale
+
+
 def unembed(params: Params, x_BTD: jax.Array, cfg: ModelConfig) -> jax.Array:
     """Final norm and output layer: the residual stream [B, T, D] -> logits [B, T, V]."""
-    x_BTD, w = operands(cfg, norm(params["final_norm"], x_BTD, cfg), output_weight(params, cfg))
+    x_BTD, w = operands(cfg, output_features(params, x_BTD, cfg), output_weight(params, cfg))
     spec = "BTD,VD->BTV" if cfg.tied_embeddings else "BTD,DV->BTV"
     return jnp.einsum(spec, x_BTD, w, preferred_element_type=F32)
 

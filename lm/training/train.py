@@ -86,7 +86,10 @@ def decay_mask(cfg: Config, specs: Any) -> Any:
 def make_optimizer(cfg: Config, specs: Any) -> optax.GradientTransformation:
     """AdamW (+ clipping) with unit learning rate: the step multiplies its update by the
     scheduled rate, lr x -(adam + wd x param), which is exactly optax.adamw(lr). `specs`:
-    cfg's `transformer.param_specs`, which say where weight decay applies."""
+    cfg's `transformer.param_specs`, which say where weight decay applies and each weight's
+    learning-rate factor (`ParamSpec.lr_scale`, muP's 1/m on hidden weights): where any is not
+    1, each leaf's whole update, weight decay included, is multiplied by its factor, as a
+    per-group learning rate in torch's AdamW (the `mup` package's MuAdamW) does."""
     t = cfg.train
     adamw = optax.adamw(
         1.0,
@@ -96,9 +99,22 @@ def make_optimizer(cfg: Config, specs: Any) -> optax.GradientTransformation:
         weight_decay=t.weight_decay,
         mask=decay_mask(cfg, specs),
     )
-    if t.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(t.clip_norm), adamw)
-    return adamw
+    parts = [optax.clip_by_global_norm(t.clip_norm)] if t.clip_norm > 0 else []
+    parts.append(adamw)
+    scales = jax.tree.map(lambda s: s.lr_scale, specs, is_leaf=transformer.is_spec)
+    if any(s != 1.0 for s in jax.tree.leaves(scales)):  # sp: no extra stage, nor state for it
+        parts.append(scale_leaves(scales))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def scale_leaves(scales: Any) -> optax.GradientTransformation:
+    """Every leaf's update times its own constant (`scales`: floats in the params' tree)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 # ---------------------------------------------------------------- loss
@@ -110,7 +126,7 @@ def token_losses(params, batch_BW: jax.Array, cfg: ModelConfig) -> jax.Array:
     `model.apply` and the loss fused into one kernel (`model.output_xent`), so the fast
     kernels can form the logits' gradient in one pass."""
     inputs_BT, targets_BT = batch_BW[:, :-1], batch_BW[:, 1:]
-    x_BTD = transformer.norm(params["final_norm"], transformer.hidden(params, inputs_BT, cfg), cfg)
+    x_BTD = transformer.output_features(params, transformer.hidden(params, inputs_BT, cfg), cfg)
     B, T, D = x_BTD.shape
     w = transformer.output_weight(params, cfg).astype(x_BTD.dtype)
     x_MD, targets_M = x_BTD.reshape(B * T, D), targets_BT.reshape(B * T)

@@ -54,7 +54,10 @@ def _noisy(m, key):
 ARCHS = {
     "gpt2": ["preset=gpt2", "model.n_heads=4"],
     "llama-gqa": ["preset=llama", "model.n_heads=4", "model.n_kv_heads=2"],
-}
+    # muP at width multiplier 32/8 = 4: logits x 1/4 and attention q.k/H, in numpy as in JAX
+    "gpt2-mup": ["preset=gpt2", "model.n_heads=4", "model.parametrization=mup",
+                 "model.mup_base_width=8"],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +124,7 @@ def test_numpy_runner_matches_jax(arch, sp_tok, tmp_path):
     path = export.save(tmp_path / "m.lm", cfg, params, tok)
     meta, w = numpy_runner.read_model_file(path)
     m = meta["config"]["model"]
+    assert meta["format_version"] == ("3" if cfg.model.parametrization == "mup" else "2")
     specs = jax.tree_util.tree_flatten_with_path(
         transformer.param_specs(cfg.model), is_leaf=transformer.is_spec
     )

@@ -2,6 +2,7 @@
 (the independent reference) give the same logits and greedy tokens after import, and load back
 into transformers with the same logits after export; unsupported configs fail in one line."""
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -372,3 +373,38 @@ def test_model_file_export_of_an_imported_run_is_refused_by_name(imported, capsy
     err = capsys.readouterr().err
     assert "HFTokenizer" in err and "export-hf" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_export_of_a_mup_model_folds_its_multipliers(tmp_path, preset):
+    """HF has no muP: the export folds the output multiplier 1/m into the final norm and the
+    attention's 1/H (HF divides by sqrt(H)) into wq and bq, and transformers computes our
+    logits. GPT-2: tied, LayerNorm with bias; Llama: untied, GQA, RoPE, with biases."""
+    import safetensors.numpy
+
+    from lm import config
+    from lm.model import transformer
+
+    sets = [f"preset={preset}", "model.d_model=64", "model.n_heads=4", f"model.vocab_size={V}",
+            "model.parametrization=mup", "model.mup_base_width=16",
+            "model.init_std=0.2"]  # fmt: skip
+    if preset == "llama":
+        sets += ["model.n_kv_heads=2", "model.bias=true"]
+    m = config.load(None, sets).model
+    rng = np.random.RandomState(0)
+    params = jax.tree.map(
+        lambda a: np.asarray(a) + 0.1 * rng.standard_normal(a.shape).astype(np.float32),
+        transformer.init(m, jax.random.key(0)),
+    )
+    (tmp_path / hf.CONFIG_JSON).write_text(json.dumps(hf.hf_config_from_model(m)))
+    tensors = hf.hf_tensors(params, m)
+    safetensors.numpy.save_file(tensors, tmp_path / hf.WEIGHTS, metadata={"format": "pt"})
+    mdl = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tokens_BT = np.random.RandomState(1).randint(0, V, (2, 24))
+    ours = np.asarray(transformer.apply(params, jnp.asarray(tokens_BT), m))
+    assert np.abs(ours).max() > 1.0  # logits with spread: a real comparison
+    np.testing.assert_allclose(_hf_logits(mdl, tokens_BT), ours, atol=1e-4, rtol=0)
+    # the fold is what makes them agree: unfolded, the same weights compute other logits
+    plain = hf.hf_tensors(params, dataclasses.replace(m, parametrization="sp"))
+    mdl.load_state_dict({k: torch.from_numpy(v) for k, v in plain.items()}, strict=False)
+    assert np.abs(_hf_logits(mdl, tokens_BT) - ours).max() > 0.1
