@@ -159,6 +159,31 @@ def write_sweep(
     return [r for r in rows if r["group"] == "main"]
 
 
+def add_holdout(
+    out: Path,
+    c_out: float,
+    *,
+    flops_convention: str = "6N",
+    n_opt: float | None = None,
+    factor: float = 1.0,
+    loss_fn: Callable = true_loss,
+) -> list[dict]:
+    """Append three holdout rows (group "holdout", as a sweep's holdout_budget_factor trains
+    them) to DIR/results.csv: sizes n_opt/2, n_opt, 2 n_opt (default: the true N_opt at c_out),
+    D = c_out / FLOPs per token, loss = loss_fn(N, D) x factor, no noise. Returns them."""
+    n_opt = n_opt or float(true_n_opt(c_out))
+    rows = []
+    for f in (0.5, 1.0, 2.0):
+        m = _Shape(model(f * n_opt), flops_convention)
+        D = round(c_out / m.fpt[flops_convention] / (BATCH * SEQ)) * BATCH * SEQ
+        name = f"holdout-N{m.N:.3g}-D{D:.3g}"
+        rows.append(m.row(name, "holdout", D, c_out, loss_fn(m.N, D) * factor))
+    with (out / "results.csv").open(newline="") as fh:
+        old = list(csv.DictReader(fh))
+    _write_csv(out / "results.csv", old + rows)
+    return rows
+
+
 def write_lr(out: Path, sizes=(2e4, 8e4, 3.2e5), k: float = 0.05, p: float = -0.3) -> dict:
     """A fabricated DIR/lr.json: per size a loss that is a parabola in log lr around
     k N^p, at five rates a factor 2 apart."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -81,14 +82,29 @@ class SweepConfig:
     # lr_sweep_sizes is trained at every rate in lr_sweep_lrs for D = lr_sweep_tokens_per_param
     # x N tokens; each size's optimum (a parabola in log lr around its best rate) gives the rule
     # lr(N) = k N^p by least squares in log space, and every main member uses that rule.
+    # Under muP (base model.parametrization: mup) the rate transfers across width instead: one
+    # proxy size is tuned (lr_sweep_sizes has exactly one), its optimum is every member's rate
+    # (the rule's p is 0), and every member's model.mup_base_width is the proxy's d_model, so
+    # muP equals the standard parametrization at the width where the rate was tuned.
+    # lr_sweep_seeds: seeds per (size, rate); the optimum is taken from their mean loss.
     lr_sweep_sizes: tuple[float, ...] = ()
     lr_sweep_lrs: tuple[float, ...] = ()
     lr_sweep_tokens_per_param: float = 100.0
+    lr_sweep_seeds: int = 1
     # The design check (`lm sweep plan`, and before a sweep runs): where the optimum is expected
     # (D/N, N counted as the convention counts it) and how many sizes each budget needs around it.
     expected_tokens_per_param: float = 20.0
     min_sizes_per_budget: int = 5
     min_sizes_each_side: int = 2
+    # A prediction tested out of sample (isoflop only; 0: off). Once every main member is done,
+    # approach 2 (Hoffmann et al. 2022, arXiv:2203.15556, sec. 3.2; the report's primary fit,
+    # no bootstrap) on their results predicts N_opt at C_out = holdout_budget_factor x the
+    # largest budget, and three whole runs at N_opt/2, N_opt and 2 N_opt spend C_out each
+    # (group "holdout", never fitted): the report says whether N_opt was the best of them and
+    # how well each approach predicted their loss. At least 3, so that C_out lies half a decade
+    # beyond the fitted budgets rather than within their own spacing. Costs 3 x C_out more
+    # compute, each run more than any main member (a trunk included); `lm sweep plan` says.
+    holdout_budget_factor: float = 0.0
 
     def __post_init__(self):
         check = lambda ok, k, v, why: ok or _bad(f"{k}={v!r}: {why}")  # noqa: E731
@@ -122,7 +138,11 @@ class SweepConfig:
         check(self.seeds >= 1, "seeds", self.seeds, "must be >= 1")
         check(self.eval_tokens >= 1, "eval_tokens", self.eval_tokens, "must be >= 1")
         check(self.lr_scale > 0, "lr_scale", self.lr_scale, "must be > 0")
-        if self.lr_sweep_sizes:
+        check(self.lr_sweep_seeds >= 1, "lr_sweep_seeds", self.lr_sweep_seeds, "must be >= 1")
+        if self.lr_sweep_sizes and self.transfers_lr:
+            check(len(self.lr_sweep_sizes) == 1, "lr_sweep_sizes", self.lr_sweep_sizes,
+                  "model.parametrization=mup tunes the rate at one proxy size")  # fmt: skip
+        elif self.lr_sweep_sizes:
             check(len(self.lr_sweep_sizes) >= 2, "lr_sweep_sizes", self.lr_sweep_sizes,
                   "needs >= 2 sizes to fit lr(N)")  # fmt: skip
             check(all(math.isfinite(n) and n > 0 for n in self.lr_sweep_sizes), "lr_sweep_sizes",
@@ -139,6 +159,16 @@ class SweepConfig:
               "must be >= 3 (a parabola)")  # fmt: skip
         check(self.min_sizes_each_side >= 1, "min_sizes_each_side", self.min_sizes_each_side,
               "must be >= 1")  # fmt: skip
+        f = self.holdout_budget_factor
+        check(math.isfinite(f) and (f == 0 or f >= 3), "holdout_budget_factor", f,
+              "must be 0 (off) or >= 3 (x the largest budget)")  # fmt: skip
+        check(f == 0 or self.kind == "isoflop", "holdout_budget_factor", f,
+              "needs kind: isoflop (it scales the largest IsoFLOP budget)")  # fmt: skip
+
+    @property
+    def transfers_lr(self) -> bool:
+        """The members' model is muP (`base.model.parametrization`): one tuned rate for all."""
+        return (self.base.get("model") or {}).get("parametrization") == "mup"
 
 
 def _bad(msg: str):
@@ -225,7 +255,7 @@ class Member:
     budget: float | None  # the isoflop budget it belongs to
     trunk: str | None  # the member it branches off (wsd), or None
     branch_step: int | None
-    group: str  # "main", "seed", "cosine" or "lr"
+    group: str  # "main", "seed", "cosine", "lr" or "holdout"
 
 
 def _member_cfg(sweep: SweepConfig, n_target: float, steps: int, warmup: int, seed: int,
@@ -233,6 +263,8 @@ def _member_cfg(sweep: SweepConfig, n_target: float, steps: int, warmup: int, se
     raw = json.loads(json.dumps(sweep.base))
     shape = shape_for(n_target, sweep.aspect, sweep.head_dim, sweep.min_layers)
     raw.setdefault("model", {}).update(shape)
+    if sweep.transfers_lr and sweep.lr_sweep_sizes:
+        raw["model"].setdefault("mup_base_width", proxy_width(sweep))
     t = raw.setdefault("train", {})
     seq_len = int(t.get("seq_len", config_lib.TrainConfig.seq_len))
     t.update(
@@ -248,6 +280,12 @@ def _member_cfg(sweep: SweepConfig, n_target: float, steps: int, warmup: int, se
     )
     t.setdefault("beta2", 0.99)
     return config_lib.from_dict(raw)
+
+
+def proxy_width(sweep: SweepConfig) -> int:
+    """The d_model of the size the learning rate is tuned at (muP's base width)."""
+    n = sweep.lr_sweep_sizes[0]
+    return shape_for(n, sweep.aspect, sweep.head_dim, sweep.min_layers)["d_model"]
 
 
 def _shape_model(sweep: SweepConfig, base: Config, n: float) -> config_lib.ModelConfig:
@@ -279,8 +317,11 @@ def plan_lr(sweep: SweepConfig) -> list[Member]:
         steps = max(1, round(sweep.lr_sweep_tokens_per_param * n_conv / tpb))
         warmup = _warmup(n_conv, tpb, steps, sweep.cooldown_fraction)
         for lr in sweep.lr_sweep_lrs:
-            cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, sweep.schedule, lr)
-            members.append(_member(f"lr-N{n:.3g}-lr{lr:.3g}", cfg, n, None, None, None, "lr"))
+            for k in range(sweep.lr_sweep_seeds):
+                seed = base.train.seed + k
+                cfg = _member_cfg(sweep, n, steps, warmup, seed, sweep.schedule, lr)
+                name = f"lr-N{n:.3g}-lr{lr:.3g}" + (f"-s{k}" if k else "")
+                members.append(_member(name, cfg, n, None, None, None, "lr"))
     return members
 
 
@@ -394,7 +435,12 @@ def fit_lr_rule(points: list[dict]) -> dict:
 
     per_size = []
     for n in sorted({p["N"] for p in points}):
-        pts = sorted((p["lr"], p["loss"]) for p in points if p["N"] == n)
+        # Several seeds of one (size, rate): their mean loss (the optimum of the expected loss).
+        by_lr: dict[float, list[float]] = {}
+        for p in points:
+            if p["N"] == n:
+                by_lr.setdefault(p["lr"], []).append(p["loss"])
+        pts = sorted((lr, sum(v) / len(v)) for lr, v in by_lr.items())
         x = np.log([lr for lr, _ in pts])
         y = np.array([loss for _, loss in pts])
         i = int(np.argmin(y))
@@ -427,9 +473,10 @@ def fit_lr_rule(points: list[dict]) -> dict:
     else:
         p, logk = 0.0, sum(ly) / len(ly)
     return {
-        "method": "LR sweep: per size, a least-squares parabola in log lr over the best rate and "
-        "up to two rates each side; then lr(N) = k N^p by least squares in log space over the "
-        "sizes whose optimum is inside the rates tried",
+        "method": "LR sweep: per size, a least-squares parabola in log lr (of the mean loss over "
+        "seeds) over the best rate and up to two rates each side; then lr(N) = k N^p by least "
+        "squares in log space over the sizes whose optimum is inside the rates tried (one size: "
+        "p = 0, the muP transfer rule)",
         "points": points,
         "per_size": per_size,
         "rule": {"formula": "lr(N) = k * N^p", "k": math.exp(logk), "p": p},
@@ -445,6 +492,190 @@ def _lr_points(sweep: SweepConfig, lr_members: list[Member], out: Path) -> list[
         pts.append({"N": params_for(m.cfg.model, sweep.flops_convention), "lr": m.cfg.train.lr,
                     "D": m.D, "loss": rec["val_loss"], "loss_se": rec["val_loss_se"]})  # fmt: skip
     return pts
+
+
+# ---------------------------------------------------------------- the out-of-sample stage
+
+HOLDOUT_FILE = "holdout.json"
+HOLDOUT_SIZES = (0.5, 1.0, 2.0)  # the holdout runs' sizes, x the predicted N_opt
+
+# The N that the report's primary fit pairs with each convention's C (its CONVENTIONS, in
+# lm.scaling.report.conventions, which the sweep does not import; tests/scaling/test_holdout.py
+# keeps the two in step): the holdout's N_opt is predicted, and its sizes are shaped, in that
+# count. A convention the report has no pair for counts N as params_for does.
+FIT_COUNT = {"6N": "non_embedding", "6N_out": "total", "6N_out_attn": "non_embedding_out"}
+
+
+def fit_count(model: config_lib.ModelConfig, convention: str) -> int:
+    """A model's N as the report's primary fit counts it under the sweep's convention."""
+    key = FIT_COUNT.get(convention)
+    return flops.count_params(model)[key] if key else params_for(model, convention)
+
+
+def _main_points(sweep: SweepConfig, main_members: list[Member], out: Path) -> list[tuple]:
+    """(name, N, D, loss, C) of every finished main member with a finite loss, N and C as the
+    report's primary fit counts them: the rows approach 2 is fitted to."""
+    pts = []
+    for m in main_members:
+        loss = (_done(out / "runs" / m.name) or {}).get("val_loss")
+        if loss is None or not math.isfinite(loss) or loss <= 0:
+            continue  # a diverged run: the report leaves it out too
+        pts.append((m.name, fit_count(m.cfg.model, sweep.flops_convention), m.D, loss,
+                    compute(m)[f"C_{sweep.flops_convention}"]))  # fmt: skip
+    return pts
+
+
+def predict_holdout(sweep: SweepConfig, points: list[tuple]) -> dict:
+    """Approach 2 on the main rows (`_main_points`), as the report fits it on an isoflop sweep's
+    own rows (lm.scaling.fit's defaults, no bootstrap), and its N_opt at C_out =
+    holdout_budget_factor x the largest budget: holdout.json's prediction. `error` instead of
+    N_opt when approach 2 cannot be fitted (then no holdout run is planned)."""
+    from lm.scaling import fit as F  # lazy: the fit library (scipy) loads only for a holdout
+
+    c_max = max(sweep.budgets)
+    c_out = sweep.holdout_budget_factor * c_max
+    digest = hashlib.sha256(json.dumps(sorted((p[0], p[3]) for p in points)).encode())
+    doc: dict[str, Any] = {
+        "method": "approach 2 (Hoffmann et al. 2022 sec. 3.2: IsoFLOP minima, N_opt = k_N C^a) "
+        "on the main runs' final losses, the report's primary fit (lm.scaling.fit defaults, no "
+        "bootstrap)",
+        "convention": sweep.flops_convention,
+        "n_count": FIT_COUNT.get(sweep.flops_convention, "params_for"),
+        "factor": sweep.holdout_budget_factor, "C_max": c_max, "C_out": c_out,
+        "n_rows": len(points), "rows_sha256": digest.hexdigest(),
+    }  # fmt: skip
+    N, D, L, C = ([p[k] for p in points] for k in range(1, 5))
+    try:
+        res = F.fit_approach2(F.Runs.from_arrays(N, D, L, C))
+    except F.FitError as e:
+        return {**doc, "error": f"approach 2 could not be fitted: {e}"}
+    p = res.params
+    n_opt = p["k_N"] * c_out ** p["a"]
+    if not (math.isfinite(n_opt) and n_opt > 0):
+        return {**doc, "error": f"approach 2's N_opt at C_out is {n_opt!r} (a = {p['a']!r})"}
+    doc.update(a=p["a"], k_N=p["k_N"], b=p["b"], k_D=p["k_D"], N_opt=n_opt,
+               D_opt=p["k_D"] * c_out ** p["b"], n_budgets=res.stats["n_budgets"],
+               dropped_budgets=[{"C": d["C"], "reason": d["reason"]}
+                                for d in res.details["dropped_budgets"]])  # fmt: skip
+    return doc
+
+
+def _target_for(sweep: SweepConfig, base: Config, goal: float) -> float:
+    """The shape_for target whose shape counts nearest `goal` (fit_count). shape_for aims at
+    non-embedding parameters and the fit may count more (the output layer), so the target is
+    iterated, target x goal / count; whole heads make the count a step function, so the
+    nearest shape seen is kept."""
+    t, best = goal, (math.inf, goal)
+    for _ in range(20):
+        got = fit_count(_shape_model(sweep, base, t), sweep.flops_convention)
+        err = abs(math.log(got / goal))
+        best = min(best, (err, t))
+        if err < 1e-3:
+            break
+        t *= goal / got
+    return best[1]
+
+
+def plan_holdout(sweep: SweepConfig, c_out: float, n_opt: float,
+                 lr_rule: LRRule | None = None) -> list[Member]:  # fmt: skip
+    """The out-of-sample runs: at HOLDOUT_SIZES x n_opt (N counted as fit_count does), shapes
+    from shape_for, each a whole run (no branch) of D = c_out / FLOPs-per-token under the
+    sweep's convention, rounded to whole steps, with the main members' rate, warmup and seed
+    rules. Sizes that round to one shape are planned once."""
+    base = config_lib.from_dict(sweep.base)
+    tpb = base.train.batch_size * base.train.seq_len
+    conv = sweep.flops_convention
+    members: list[Member] = []
+    for f in HOLDOUT_SIZES:
+        n = _target_for(sweep, base, f * n_opt)
+        shape = _shape_model(sweep, base, n)
+        n_conv = params_for(shape, conv)
+        steps = max(1, round(c_out / flops.flops_per_token(shape, base.train.seq_len)[conv] / tpb))
+        warmup = _warmup(n_conv, tpb, steps, sweep.cooldown_fraction)
+        lr = (lr_rule(n_conv) if lr_rule is not None else kaplan_lr(n)) * sweep.lr_scale
+        cfg = _member_cfg(sweep, n, steps, warmup, base.train.seed, sweep.schedule, lr)
+        name = f"holdout-N{fit_count(shape, conv):.3g}-D{steps * tpb:.3g}"
+        if all(m.name != name for m in members):
+            members.append(_member(name, cfg, n, c_out, None, None, "holdout"))
+    return members
+
+
+def _write_once(path: Path, text: str) -> bool:
+    """Create `path` with `text` unless it exists (False then): a hard link of a finished
+    temporary file, atomic on POSIX filesystems (NFS included), so the first writer wins."""
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: last writer wins, same content
+        atomic_write(path, text)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# What makes a holdout.json this sweep's: the same main results, budget and convention.
+_HOLDOUT_KEY = ("rows_sha256", "C_out", "convention")
+
+
+def holdout_doc(sweep: SweepConfig, main_members: list[Member], out: Path,
+                lr_rule: LRRule | None = None) -> dict:  # fmt: skip
+    """holdout.json: the prediction from these main results and the members it plans. Read
+    when the file holds a prediction from the same results (a resumed sweep; another host that
+    got there first), else predicted and written, the first writer winning: every host plans
+    from one file, and a resumed sweep finds its finished holdout runs under the same names."""
+    path = out / HOLDOUT_FILE
+    points = _main_points(sweep, main_members, out)
+    doc = predict_holdout(sweep, points)
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and all(old.get(k) == doc[k] for k in _HOLDOUT_KEY):
+        return old
+    if "N_opt" in doc:
+        planned = plan_holdout(sweep, doc["C_out"], doc["N_opt"], lr_rule)
+        doc["members"] = [{"name": m.name, "N": fit_count(m.cfg.model, sweep.flops_convention),
+                           "D": m.D, "steps": m.cfg.train.steps, "lr": m.cfg.train.lr,
+                           "n_layers": m.cfg.model.n_layers, "d_model": m.cfg.model.d_model}
+                          for m in planned]  # fmt: skip
+    text = json.dumps(doc, indent=1)
+    if old is not None:  # from other main results (a changed design): replaced
+        atomic_write(path, text)
+    elif not _write_once(path, text):
+        return holdout_doc(sweep, main_members, out, lr_rule)  # another host's, just written
+    return doc
+
+
+def _share_holdout(
+    sweep: SweepConfig,
+    main_members: list[Member],
+    out: Path,
+    main: bool,
+    lr_rule: LRRule | None,
+    multi: bool = False,
+) -> tuple[dict | None, list[Member]]:
+    """The holdout members every process plans alike: process 0 reads or writes holdout.json
+    (`holdout_doc`); within a multi-process job, every process takes process 0's (C_out,
+    N_opt), as `_share_rule` does the rate. No members when approach 2 could not be fitted."""
+    import numpy as np
+
+    v = np.zeros(2, np.float64)
+    doc = None
+    if main:
+        doc = holdout_doc(sweep, main_members, out, lr_rule)
+        if doc.get("N_opt"):
+            v[:] = doc["C_out"], doc["N_opt"]
+    if multi:
+        from jax.experimental import multihost_utils
+
+        v = np.asarray(multihost_utils.broadcast_one_to_all(v))
+    if not v[1] > 0:
+        return doc, []
+    return doc, plan_holdout(sweep, float(v[0]), float(v[1]), lr_rule)
 
 
 def compute(m: Member) -> dict[str, float]:
@@ -759,11 +990,10 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
     # until the LR sweep has fitted its rule.
     main_members = plan(sweep)
     members = lr_members + main_members
-    cost = {m.name: m.cfg.train.steps - (m.branch_step or 0) for m in members}
-    work = {m.name: cost[m.name] * flops.flops_per_token(m.cfg.model, m.cfg.train.seq_len)[
-        "hardware"] * m.cfg.train.batch_size * m.cfg.train.seq_len for m in members}  # fmt: skip
+    work = _work(members)
     # Each stage's units (the LR sweep, then the rest), this host's share of them, longest
     # first: names and FLOPs do not depend on the rate, so every host plans the same shares.
+    # The holdout stage, if any, is planned from the main results once they are all in.
     stages = [workers_lib.partition(workers_lib.make_units(ms, work), share.count)[share.index]
               for ms in (lr_members, main_members)]  # fmt: skip
     mine = {n for units in stages for u in units for n in u.members}
@@ -793,26 +1023,32 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
     trained_by = {"host": socket.gethostname(), "share": [share.index, share.count]}
     pool = None
     data_memo: dict = {}  # the corpus, mapped once for every member trained in this process
+    rule = None  # Kaplan's rate, unless the LR sweep fits one
     try:
-        if slices:
-            print_fn(
-                f"{len(slices)} workers: "
-                + "; ".join(f"cores {','.join(map(str, s.cpus)) or 'all'}, "
-                            f"{len(s.devices)} {s.platform} device(s)" for s in slices)
-            )  # fmt: skip
-            pool = workers_lib.Pool(slices, out / "logs", f"-{share.index}",
-                                    trainer="lm.scaling.sweep:train_unit")  # fmt: skip
-        for k, units in enumerate(stages):
-            if k == 1 and lr_members:
-                # The rule needs every LR member, those of other hosts' shares included.
-                _wait_for([m.name for m in lr_members], out, main, agree, print_fn)
-                rule = _share_rule(sweep, lr_members, out, main, multi)
-                members = lr_members + plan(sweep, rule)
-                by_name.update({m.name: m for m in members})
+        pool = _start_pool(slices, out, share, print_fn)
+
+        def train(units: list[workers_lib.Unit]) -> None:
             if pool is None:
                 _train_here(units, by_name, out, track, trained_by, data_memo, progress)
             else:
                 _train_in_pool(pool, units, by_name, out, track, trained_by, progress)
+
+        for k, units in enumerate(stages):
+            if k == 1 and lr_members:
+                # The rule needs every LR member, those of other hosts' shares included.
+                _wait_for([m.name for m in lr_members], out, main, agree, print_fn, "LR")
+                rule = _share_rule(sweep, lr_members, out, main, multi)
+                members = lr_members + plan(sweep, rule)
+                by_name.update({m.name: m for m in members})
+            train(units)
+        if sweep.holdout_budget_factor:
+            hold, units = _holdout_stage(sweep, members, rule, out, main, multi, agree, share,
+                                         work, print_fn)  # fmt: skip
+            members = members + hold
+            by_name.update({m.name: m for m in hold})
+            mine |= {n for u in units for n in u.members}
+            bar.total += sum(work[n] for u in units for n in u.members) / 1e12
+            train(units)
     finally:
         if pool is not None:
             pool.close()
@@ -820,6 +1056,57 @@ def _run_sweep(sweep: SweepConfig, out: Path, progress: bool, print_fn, main: bo
     stamp()
     return _wrap_up(sweep, members, by_name, out, main, share, len(mine), n_workers, track,
                     t_start, print_fn)  # fmt: skip
+
+
+def _work(members: list[Member]) -> dict[str, float]:
+    """Each member's training FLOPs (hardware count) in this sweep: its own steps, a branch's
+    from its branch point."""
+    return {m.name: (m.cfg.train.steps - (m.branch_step or 0)) * flops.flops_per_token(
+        m.cfg.model, m.cfg.train.seq_len)["hardware"] * m.cfg.train.batch_size
+        * m.cfg.train.seq_len for m in members}  # fmt: skip
+
+
+def _start_pool(slices: list[workers_lib.Slice], out: Path, share: workers_lib.Share,
+                print_fn) -> workers_lib.Pool | None:  # fmt: skip
+    """The worker processes that train side by side, or None to train in this process."""
+    if not slices:
+        return None
+    print_fn(
+        f"{len(slices)} workers: "
+        + "; ".join(f"cores {','.join(map(str, s.cpus)) or 'all'}, "
+                    f"{len(s.devices)} {s.platform} device(s)" for s in slices)
+    )  # fmt: skip
+    return workers_lib.Pool(slices, out / "logs", f"-{share.index}",
+                            trainer="lm.scaling.sweep:train_unit")  # fmt: skip
+
+
+def _holdout_stage(sweep: SweepConfig, members: list[Member], rule: LRRule | None, out: Path,
+                   main: bool, multi: bool, agree, share: workers_lib.Share, work: dict,
+                   print_fn) -> tuple[list[Member], list[workers_lib.Unit]]:  # fmt: skip
+    """The out-of-sample stage: wait for every main member (other hosts' shares too), plan
+    the holdout members from holdout.json, add their FLOPs to `work`; returns them and this
+    host's share of their units."""
+    main_members = [m for m in members if m.group == "main"]
+    _wait_for([m.name for m in main_members], out, main, agree, print_fn, "main")
+    doc, hold = _share_holdout(sweep, main_members, out, main, rule, multi)
+    if doc is not None:
+        print_fn(holdout_line(doc))
+    work.update(_work(hold))
+    units = workers_lib.partition(workers_lib.make_units(hold, work), share.count)[share.index]
+    return hold, units
+
+
+def holdout_line(doc: dict) -> str:
+    """What holdout.json says, in one line."""
+    if "N_opt" not in doc:
+        return f"holdout: no runs planned: {doc.get('error', 'no prediction')}"
+    sizes = ", ".join(f"N {m['N']:,} D {m['D']:,}" for m in doc.get("members", []))
+    return (
+        f"holdout: approach 2 on {doc['n_rows']} main runs (a = {doc['a']:.3f}, "
+        f"{doc['n_budgets']} budgets) predicts N_opt = {doc['N_opt']:.4g} at C_out = "
+        f"{doc['factor']:g} x {doc['C_max']:.3g} = {doc['C_out']:.3g}; runs at N_opt/2, N_opt, "
+        f"2 N_opt: {sizes}"
+    )
 
 
 def _choose_workers(
@@ -952,7 +1239,7 @@ def _process_count() -> int:
     return jax.process_count()
 
 
-def _wait_for(names: list[str], out: Path, main: bool, agree, print_fn) -> None:
+def _wait_for(names: list[str], out: Path, main: bool, agree, print_fn, what: str) -> None:
     """Wait until every member in `names` is done, wherever it trains (another host's share,
     or a unit another process holds); a host that dies is rerun by its cluster."""
     waited, said = 0.0, None
@@ -963,7 +1250,7 @@ def _wait_for(names: list[str], out: Path, main: bool, agree, print_fn) -> None:
         if said is None or waited - said >= 600:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             print_fn(
-                f"waiting for {len(missing)} LR member(s) trained elsewhere (another "
+                f"waiting for {len(missing)} {what} member(s) trained elsewhere (another "
                 f"--worker-index, or another process on this directory): "
                 f"{', '.join(missing[:3])}{more}"
             )
@@ -983,6 +1270,9 @@ def _share_rule(sweep: SweepConfig, lr_members: list[Member], out: Path, main: b
         doc = fit_lr_rule(_lr_points(sweep, lr_members, out))
         doc["tokens_per_param"] = sweep.lr_sweep_tokens_per_param
         doc["convention"] = sweep.flops_convention
+        doc["seeds"] = sweep.lr_sweep_seeds
+        if sweep.transfers_lr:
+            doc["transfer"] = {"parametrization": "mup", "base_width": proxy_width(sweep)}
         atomic_write(out / "lr.json", json.dumps(doc, indent=1))
         kp[:] = doc["rule"]["k"], doc["rule"]["p"]
     if multi:
@@ -1136,12 +1426,21 @@ def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) ->
             f"{c['C_' + sweep.flops_convention]:>10.3g} {lr:>8} {est:>7.0f}{branch}"
         )
     cs = [compute(m)["C_" + sweep.flops_convention] for m in members if m.group == "main"]
-    if sweep.lr_sweep_sizes:
+    if sweep.lr_sweep_sizes and sweep.transfers_lr:
+        print_fn(
+            f"lr: muP, one base rate tuned at N = {sweep.lr_sweep_sizes[0]:g} (d_model "
+            f"{proxy_width(sweep)}, the base width) over {len(sweep.lr_sweep_lrs)} rates x "
+            f"{sweep.lr_sweep_seeds} seeds at D/N = {sweep.lr_sweep_tokens_per_param:g}; every "
+            "main member uses it ('rule' above)"
+        )
+    elif sweep.lr_sweep_sizes:
         print_fn(
             f"lr: {len(sweep.lr_sweep_sizes)} sizes x {len(sweep.lr_sweep_lrs)} rates at "
             f"D/N = {sweep.lr_sweep_tokens_per_param:g}; the main members' rate comes from the "
             "rule lr(N) = k N^p fitted to them ('rule' above)"
         )
+    if sweep.holdout_budget_factor:
+        print_fn(_holdout_estimate(sweep, members, rate))
     for line in design_lines(sweep, members):
         print_fn(line)
     print_fn(
@@ -1150,6 +1449,23 @@ def print_plan(sweep: SweepConfig, print_fn=print, peak: float | None = None) ->
         f"{sweep.mfu_estimate:.0%} of {peak / 1e9:.0f} GFLOP/s"
     )
     return members
+
+
+def _holdout_estimate(sweep: SweepConfig, members: list[Member], rate: float) -> str:
+    """The holdout stage's cost, before its sizes are known: three runs of C_out each, in
+    hardware FLOPs at the ratio the largest budget's members have to the sweep's count."""
+    c_max = max(sweep.budgets)
+    c_out = sweep.holdout_budget_factor * c_max
+    conv = f"C_{sweep.flops_convention}"
+    ratios = sorted(compute(m)["C_hardware"] / compute(m)[conv] for m in members
+                    if m.group == "main" and m.budget == c_max) or [1.0]  # fmt: skip
+    hw = len(HOLDOUT_SIZES) * c_out * ratios[len(ratios) // 2]
+    return (
+        f"holdout: then {len(HOLDOUT_SIZES)} whole runs at C_out = "
+        f"{sweep.holdout_budget_factor:g} x {c_max:.3g} = {c_out:.3g} ({conv}), around approach "
+        f"2's N_opt from the main runs: about {hw:.3e} FLOPs (hardware), estimated "
+        f"{hw / rate / 60:.1f} min more, not in the totals below"
+    )
 
 
 def time_breakdown(out: Path, members: dict, report_s: float) -> str:

@@ -25,14 +25,17 @@ from lm.scaling.report import checks as C
 from lm.scaling.report.markdown import g
 
 # A clean isoflop sweep: 8 budgets over 2.3 decades, sizes a factor 2 apart within a factor 6
-# of the true optimum (44 main runs), seeds, cosine runs, and a learning-rate search.
+# of the true optimum (44 main runs), seeds, cosine runs, a learning-rate search, and three
+# holdout runs at 3x the largest budget (never fitted: the out-of-sample test).
 CLEAN = {"budgets": (1e11, 2e11, 5e11, 1e12, 2e12, 5e12, 1e13, 2e13), "span": 6.0}
+C_OUT = 3 * CLEAN["budgets"][-1]
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     S.write_sweep(out, **CLEAN)
+    S.add_holdout(out, C_OUT)
     lr = S.write_lr(out)
     lines: list[str] = []
     t0 = time.perf_counter()
@@ -59,7 +62,8 @@ def test_report_files_written(synthetic):
                     "## Extrapolation", "## Learning rate: tuned, not borrowed",
                     "## Seed-to-seed spread", "## WSD branch vs separate", "## Epochs",
                     "## Checks", "compute `C_6N`",
-                    "## Sensitivity: method choices and whole-pipeline replicates"):  # fmt: skip
+                    "## Sensitivity: method choices and whole-pipeline replicates",
+                    "## Out of sample"):  # fmt: skip
         assert section in md, section
     assert "200/200 resamples" in md  # the bootstrap count is stated
     assert set(doc["conventions"]) == {c.key for c in report.CONVENTIONS}
@@ -98,7 +102,8 @@ def test_checks_pass_on_clean_data(synthetic):
     assert not failed, failed
     assert res["all_checks_pass"] and res["n_checks_failed"] == 0
     names = [c["name"] for c in res["checks"]]
-    for name in (C.INTERIOR, C.AGREE, C.CI_WIDTH, C.EXTRAPOLATION, C.ALL_FITTED, C.FRONTIER):
+    for name in (C.INTERIOR, C.AGREE, C.CI_WIDTH, C.EXTRAPOLATION, C.ALL_FITTED, C.FRONTIER,
+                 C.OUT_OF_SAMPLE):  # fmt: skip
         assert names.count(name) == 1
         assert f"- PASS: {name}" in md
     assert "FAIL:" not in md
@@ -110,7 +115,7 @@ def test_summary_object(synthetic):
     s = json.loads((out / "fit.json").read_text())["summary"]
     assert s == json.loads(json.dumps(res["summary"]))  # the same object, as JSON
     assert s["convention"] == "non_embedding_C_6N"
-    assert set(s) == {"convention", "a", "approach2_interior_budgets", "checks"}
+    assert set(s) == {"convention", "a", "approach2_interior_budgets", "checks", "out_of_sample"}
     assert set(s["a"]) == {"approach1", "approach2", "approach3"}
     for v in s["a"].values():
         assert set(v) == {"value", "ci95", "ci95_total", "systematic"}
@@ -125,8 +130,17 @@ def test_summary_object(synthetic):
         assert set(c) == {"name", "pass", "detail"}
         assert isinstance(c["name"], str) and isinstance(c["detail"], str)
         assert c["pass"] in (True, False, None)
+    # The out-of-sample test: the three holdout rows at C_OUT against each approach.
+    oos = s["out_of_sample"]
+    assert oos["C_out"] == C_OUT and len(oos["runs"]) == 3 and oos["limit"] == 0.01
+    assert set(oos["approaches"]) == {"approach1", "approach2", "approach3"}
+    for e in oos["approaches"].values():
+        assert {"N_opt", "N_opt_ci95", "loss", "loss_ci95", "loss_method", "nearest_run",
+                "measured_loss", "rel_error", "best_of_three"} <= set(e)  # fmt: skip
+        assert abs(e["rel_error"]) <= 0.01
     # The older keys stay.
     doc = json.loads((out / "fit.json").read_text())
+    assert doc["rows"]["holdout"] == 3 and doc["rows"]["main"] == 44
     for key in ("conventions", "convention_comparison", "tokens_per_parameter", "checks",
                 "seed_spread", "wsd_vs_cosine", "epochs", "plots", "notes",
                 "sensitivity"):  # fmt: skip

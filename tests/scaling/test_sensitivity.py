@@ -156,7 +156,7 @@ def test_summary_keeps_its_keys_and_adds_the_total():
     f.sensitivity = [_row("2", "approach 2: narrow", -0.024)]
     f.replicates = [{"path": "b", "a": {"1": None, "2": 0.518, "3": None}}]
     s = summary_object(f, report.run_checks(f))
-    assert set(s) == {"convention", "a", "approach2_interior_budgets", "checks"}
+    assert set(s) == {"convention", "a", "approach2_interior_budgets", "checks", "out_of_sample"}
     e = s["a"]["approach2"]
     assert set(e) == {"value", "ci95", "ci95_total", "systematic"}
     assert e["value"] == 0.5 and e["ci95"] == [0.46, 0.572]

@@ -53,6 +53,8 @@ dispatch:      `fit_one` dispatches on "kaplan" / "1" / "2" / "3".
 resample:      `bootstrap` -> `Bootstrap` (percentile 95% intervals; rows, runs or residuals by
                approach), `bootstrap_starts`.
 extrapolation: `extrapolation_check` (hold out the largest compute budget, predict it).
+frontier:      `fit_loss_frontier`, `loss_frontier`: the compute-optimal loss L*(C) = E + K C^-g
+               (or K C^-g where E is not identified) through approaches 1 and 2's optima.
 pipeline:      `fit`, which also attaches the bootstrap intervals and the extrapolation check.
 lbfgs:         the optimizer `batched_lbfgs` -> `BatchedMinimum`.
 shared:        `power_law_fit`, `group_relative`, `compute_budgets`, `lower_envelope`.
@@ -88,6 +90,13 @@ from lm.scaling.fit.approach3 import (
 from lm.scaling.fit.data import FitError, Runs, as_runs, read_runs
 from lm.scaling.fit.dispatch import approach_key, fit_one
 from lm.scaling.fit.extrapolation import extrapolation_check
+from lm.scaling.fit.frontier import (
+    LOSS_FRONTIER_FORMULA,
+    MIN_POINTS_FOR_E,
+    POWER_FRONTIER_FORMULA,
+    fit_loss_frontier,
+    loss_frontier,
+)
 from lm.scaling.fit.kaplan import KAPLAN_FORMULA, fit_kaplan, kaplan_joint_loss
 from lm.scaling.fit.lbfgs import BATCH_SIZES, LBFGS_STATUS, BatchedMinimum, batched_lbfgs
 from lm.scaling.fit.pipeline import fit
@@ -120,6 +129,9 @@ __all__ = [
     "ISOFLOP_WINDOW_DECADES",
     "KAPLAN_FORMULA",
     "LBFGS_STATUS",
+    "LOSS_FRONTIER_FORMULA",
+    "MIN_POINTS_FOR_E",
+    "POWER_FRONTIER_FORMULA",
     "SIZE_TOL",
     "SMOOTH_WIDTH",
     "BatchedMinimum",
@@ -149,6 +161,7 @@ __all__ = [
     "fit_approach3",
     "fit_approach3_varpro",
     "fit_kaplan",
+    "fit_loss_frontier",
     "fit_one",
     "format_table",
     "group_relative",
@@ -156,6 +169,7 @@ __all__ = [
     "isoflop_minima",
     "jsonable",
     "kaplan_joint_loss",
+    "loss_frontier",
     "lower_envelope",
     "power_law_fit",
     "read_runs",

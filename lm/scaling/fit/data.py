@@ -158,8 +158,9 @@ def read_runs(
     if not rows:
         raise FitError(f"{path} has a header but no data rows")
     if "group" in header:
-        # A sweep's results.csv also holds its LR-sweep runs, extra seeds and cosine controls:
-        # other learning rates and repeats of one point, not members of the scaling family.
+        # A sweep's results.csv also holds its LR-sweep runs, extra seeds, cosine controls and
+        # out-of-sample (holdout) runs: other learning rates, repeats of one point, and runs kept
+        # out of every fit to test it, not members of the scaling family.
         kept = [r for r in rows if (r.get("group") or "").strip() in ("", "main")]
         if not kept:
             raise FitError(f"{path}: no rows with group 'main' (or empty)")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from lm.scaling import N_BOOT
 from lm.scaling.report import checks as checks_lib
 from lm.scaling.report import controls, estimates, markdown, plots, summary, tables, uncertainty
+from lm.scaling.report import out_of_sample as oos_lib
 from lm.scaling.report.conventions import (
     CONVENTIONS,
     DEFAULT_FLOPS_CONVENTION,
@@ -81,7 +82,10 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int, rep
     lr_verdict = checks_lib.lr_check(t.lr)
     if lr_verdict is not None:
         checks.append(lr_verdict)
-    summ = summary.summary_object(fits[primary.key], checks)
+    # Predicted from the main rows' fits, judged on the holdout rows (never fitted).
+    oos = oos_lib.evaluate(fits[primary.key], t.rows, note is None, t.holdout)
+    checks.append(checks_lib.out_of_sample_check(oos))
+    summ = summary.summary_object(fits[primary.key], checks, oos)
     comparison = estimates.convention_comparison(fits)
     tpp = estimates.tokens_per_param(fits)
     # The N the learning-rate rule is a function of: lr.json's own convention, else the sweep's.
@@ -90,7 +94,7 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int, rep
     lr = t.lr and {**t.lr, "n_col": lr_n_col}
     t1 = time.perf_counter()
     print_fn(f"fits done in {t1 - t0:.0f} s; plotting ...")
-    made = plots.make_plots(out_dir / "plots", fits, primary, lr)
+    made = plots.make_plots(out_dir / "plots", fits, primary, lr, oos)
     t_plot = time.perf_counter() - t1
 
     doc = {
@@ -99,7 +103,12 @@ def _write_report(out_dir: Path, sweep, print_fn, *, n_boot: int, seed: int, rep
         "primary_convention": primary.key,
         "summary": summ,
         "sensitivity": uncertainty.document(fits[primary.key]),
-        "rows": {"main": len(t.main), "all": len(t.rows), "curve_points": len(t.curves)},
+        "rows": {
+            "main": len(t.main),
+            "all": len(t.rows),
+            "curve_points": len(t.curves),
+            "holdout": len(oos["runs"]),
+        },
         "conventions": {k: summary.fits_json(v) for k, v in fits.items()},
         "convention_comparison": comparison,
         "tokens_per_parameter": tpp,

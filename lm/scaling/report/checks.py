@@ -16,6 +16,9 @@ The rules, beyond basic signs:
   (N_opt for approaches 1 and 2, the loss for approach 3, as lm.scaling.fit reports them); a
   design with too few budgets to hold one out fails. Approach 1's held-out N_opt are sampled
   sizes, so an error below the rounding to the nearest size says nothing and is not judged;
+- out of sample (a sweep with holdout_budget_factor): each approach's compute-optimal loss at
+  C_out, beyond every fitted budget, within 1% of the measured loss of the holdout run nearest
+  its predicted N_opt (lm.scaling.report.out_of_sample); skipped without holdout runs;
 - an approach's systematic half-width on a (the largest change under its method variants and
   across other whole-pipeline runs, lm.scaling.fit.sensitivity) may be at most twice its
   statistical (bootstrap) half-width: beyond that the bootstrap interval understates the
@@ -31,6 +34,7 @@ import numpy as np
 
 from lm.scaling.report.estimates import APPROACHES, a_estimate
 from lm.scaling.report.fits import ConventionFit
+from lm.scaling.report.out_of_sample import MAX_LOSS_ERROR
 from lm.scaling.report.uncertainty import approach_total, statistical_half_width
 
 MIN_INTERIOR_BUDGETS = 3
@@ -56,6 +60,7 @@ SYSTEMATIC = (
     "half-width"
 )
 
+OUT_OF_SAMPLE = f"out-of-sample loss error <= {MAX_LOSS_ERROR:.0%}"
 
 LR_INSIDE = "every LR-sweep size's best rate is inside the rates tried"
 
@@ -70,6 +75,32 @@ def lr_check(lr: dict | None) -> dict | None:
     detail = ", ".join(f"N = {s['N']:.3g}: lr_opt {s['lr_opt']:.3g}" + (" (edge)" if s.get("edge")
                        else "") for s in lr["per_size"])  # fmt: skip
     return check(LR_INSIDE, not edge, detail)
+
+
+def out_of_sample_check(oos: dict) -> dict:
+    """FAIL if any fitted approach's predicted loss at C_out is off the measured one by more
+    than MAX_LOSS_ERROR (out_of_sample.evaluate's `rel_error`); SKIP without holdout runs. An
+    approach fitted but unable to predict there is listed and not judged."""
+    if not oos.get("runs"):
+        return check(OUT_OF_SAMPLE, None, oos.get("note", "no holdout runs"))
+    parts, verdicts = [], []
+    for key, e in oos["approaches"].items():
+        ap = key.removeprefix("approach")
+        if e is None:
+            continue
+        if "rel_error" not in e:
+            parts.append(f"approach {ap}: not judged ({e.get('error', 'no prediction')})")
+            continue
+        ok = abs(e["rel_error"]) <= MAX_LOSS_ERROR
+        verdicts.append(ok)
+        parts.append(
+            f"approach {ap}: {e['rel_error']:+.2%} (predicted {e['loss']:.4f}, measured "
+            f"{e['measured_loss']:.4f} at {e['nearest_run']})" + ("" if ok else " (too far)")
+        )
+    head = f"C_out = {oos['C_out']:.3g}: "
+    if not verdicts:
+        return check(OUT_OF_SAMPLE, None, head + ("; ".join(parts) or "no approach fitted"))
+    return check(OUT_OF_SAMPLE, all(verdicts), head + "; ".join(parts))
 
 
 def check(name: str, ok: bool | None, detail: str = "") -> dict:

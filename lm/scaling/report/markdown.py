@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from lm.scaling import fit as F
 from lm.scaling.report.checks import AGREE, verdict
 from lm.scaling.report.conventions import CONVENTIONS, DEFAULT_FLOPS_CONVENTION, Convention
 from lm.scaling.report.estimates import APPROACHES
@@ -245,6 +246,7 @@ def render(
     L += sensitivity_section(doc["sensitivity"], summary)
     L += _tokens_per_param(doc)
     L += _extrapolation(fits)
+    L += out_of_sample_section(summary["out_of_sample"], doc)
     if doc["learning_rate"] is not None:
         L += lr_section(doc["learning_rate"], doc)
     L += _controls(doc)
@@ -560,6 +562,88 @@ def _extrapolation(fits) -> list[str]:
     return L
 
 
+OOS_METHOD = (
+    "Loss predictions: approach 3 reads the compute-optimal loss off its L(N, D), minimised "
+    "over N at C_out with the convention's real FLOPs per token. Approaches 1 and 2 have no "
+    "L(N, D), so the compute-optimal loss L*(C) = E + K C^-g (Henighan et al. 2020, "
+    "arXiv:2010.14701) is fitted through their own compute-optimal points (approach 2: each "
+    "kept budget's IsoFLOP minimum; approach 1: its envelope; Huber on log L as approach 3's "
+    "fit, so a stray point cannot bend it) and read at C_out. Where E is not identified (fewer "
+    f"than {F.MIN_POINTS_FOR_E} points, or the fitted E at 0 or at the smallest loss) the pure "
+    "power law K C^-g is used (Kaplan et al. 2020's L(C), eq. 1.3), as said per approach. Each "
+    "is judged against the measured loss of the holdout run nearest its own predicted N_opt "
+    "(in log N): an IsoFLOP profile is flat at its minimum, so that run measures the "
+    "compute-optimal loss best."
+)
+
+
+def out_of_sample_section(oos: dict, doc: dict) -> list[str]:
+    """The holdout runs at C_out beyond every fitted budget against each approach's prediction
+    (lm.scaling.report.out_of_sample)."""
+    L = ["", "## Out of sample", ""]
+    if not oos.get("runs"):
+        L.append(
+            f"Not tested: {oos.get('note', 'no holdout runs')}. With `holdout_budget_factor: f` "
+            "(>= 3) in the sweep file, the sweep predicts N_opt at f x its largest budget from "
+            "its main runs (approach 2) and trains three runs there to test the prediction."
+        )
+        return L
+    runs, plan = oos["runs"], oos.get("planned") or {}
+    c_out, c_max = oos["C_out"], oos.get("C_max")
+    beyond = ""
+    if c_max:
+        beyond = f", {math.log10(c_out / c_max):.2f} decades beyond the largest fitted budget"
+    said = (f"approach 2 on its {plan['n_rows']} main runs (a = {plan['a']:.3f}) predicted "
+            f"N_opt = {g(plan['N_opt'])} there, and it" if "N_opt" in plan else "it")  # fmt: skip
+    L.append(
+        f"After the main runs, the sweep set C_out = {g(c_out)} ({oos['c_col']}{beyond}); "
+        f"{said} trained {len(runs)} whole runs at C_out, at N_opt/2, N_opt and 2 N_opt (shapes "
+        "rounded to whole heads). No fit here uses them: every prediction below comes from the "
+        f"main runs alone. {OOS_METHOD}"
+    )
+    L += ["", f"| run | {oos['n_col']} | D | {oos['c_col']} | loss |", "|---|---|---|---|---|"]
+    for r in runs:
+        best = " (lowest)" if r["name"] == oos["best_run"] else ""
+        L.append(f"| {r['name']} | {g(r['N'])} | {g(r['D'])} | {g(r['C'])} | "
+                 f"{r['loss']:.4f}{best} |")  # fmt: skip
+    L += _oos_table(oos)
+    sp = doc.get("seed_spread")
+    if sp and sp.get("std") is not None and math.isfinite(sp["std"]):
+        L.append(
+            f"- Seed-to-seed std of one run's final loss: {sp['std']:.4f} nats "
+            f"({sp['rel_std']:.2%}): the three runs' losses differ by "
+            f"{max(r['loss'] for r in runs) - min(r['loss'] for r in runs):.4f} at most."
+        )
+    return L
+
+
+def _oos_table(oos: dict) -> list[str]:
+    """Per approach: prediction, the run it is judged on, error, best of three; then how."""
+    L = ["", "| approach | predicted N_opt | predicted loss at C_out | run nearest its N_opt | "
+         "measured loss | error | nearest run the best of the three? |",
+         "|---|---|---|---|---|---|---|"]  # fmt: skip
+    notes = []
+    for key, e in oos["approaches"].items():
+        ap = key.removeprefix("approach")
+        if e is None or "rel_error" not in e:
+            why = "not fitted" if e is None else e.get("error", "no prediction")
+            L.append(f"| {ap} | — | — | — | — | — | {why} |")
+            continue
+        L.append(
+            f"| {ap} | {g(e['N_opt'])}{ci_text(e['N_opt_ci95'])} | {e['loss']:.4f}"
+            f"{ci_text(e['loss_ci95'])} | {e['nearest_run']} | {e['measured_loss']:.4f} | "
+            f"{e['rel_error']:+.2%} | {'yes' if e['best_of_three'] else 'no'} |"
+        )
+        notes.append(f"- Approach {ap}: {e['loss_method']}.")
+        if e.get("at_runs"):
+            notes.append(
+                "  At each run's own (N, D), its L(N, D) predicts "
+                + ", ".join(f"{x['predicted']:.4f} ({x['rel_error']:+.2%})" for x in e["at_runs"])
+                + "."
+            )
+    return L + [""] + notes
+
+
 def lr_section(lr: dict, doc: dict) -> list[str]:
     """The evidence that each size's learning rate was searched for, not taken from another
     paper's setup (Porian et al. 2024 find a mistuned rate per size biases a)."""
@@ -576,6 +660,15 @@ def lr_section(lr: dict, doc: dict) -> list[str]:
         f"Before the sweep, a short learning-rate search at {len(sizes)} sizes "
         f"({len(lr['points'])} runs{tokens}). Method: {lr['method'] or 'not stated'}."
     )
+    if lr.get("seeds", 1) > 1:
+        L[-1] += f" Each (size, rate) at {lr['seeds']} seeds; the optimum is their mean loss's."
+    if lr.get("transfer"):
+        L[-1] += (
+            f" The members are muP (Yang et al. 2022, arXiv:2203.03466) with base width "
+            f"{lr['transfer']['base_width']}, the tuned size's d_model: one rate tuned there "
+            "transfers to every width, so every member uses it (p = 0) instead of a per-size "
+            "rule fitted to noisy optima (see experiments/results/mup_transfer for the evidence)."
+        )
     n_col = lr.get("n_col", "N")
     L += ["", f"| {n_col} | best lr | note |", "|---|---|---|"]
     for s in sorted(lr["per_size"], key=lambda s: s["N"]):

@@ -19,9 +19,14 @@ LR_PLOT = "lr_sweep"
 
 
 def make_plots(
-    plot_dir: Path, fits: dict[str, ConventionFit], primary: Convention, lr: dict | None
+    plot_dir: Path,
+    fits: dict[str, ConventionFit],
+    primary: Convention,
+    lr: dict | None,
+    oos: dict | None = None,
 ) -> dict[str, str]:
-    """Every figure; returns name -> caption."""
+    """Every figure; returns name -> caption. `oos`: the out-of-sample test
+    (lm.scaling.report.out_of_sample.evaluate), drawn on the loss-vs-compute plot."""
     plot_dir.mkdir(parents=True, exist_ok=True)
     made: dict[str, str] = {}
 
@@ -34,7 +39,7 @@ def make_plots(
 
     pf = fits[primary.key]
     if pf.data["N"].size:
-        _loss_vs_compute(save, pf)
+        _loss_vs_compute(save, pf, oos if oos and oos.get("runs") else None)
         _isoflop(save, fits, primary)
         _loss_vs_n_d(save, fits, pf)
         _approach3(save, fits, pf)
@@ -64,9 +69,10 @@ def _colorbar(fig, ax, cmap, norm, label):
     fig.colorbar(ScalarMappable(norm, cmap), ax=ax, label=label)
 
 
-def _loss_vs_compute(save, f: ConventionFit) -> None:
+def _loss_vs_compute(save, f: ConventionFit, oos: dict | None) -> None:
     conv, d = f.convention, f.data
-    cmap, norm = _size_colours(d["N"])
+    runs = oos["runs"] if oos else []
+    cmap, norm = _size_colours(np.concatenate([d["N"], [r["N"] for r in runs]]))
     fig = _figure((7, 5))
     ax = fig.add_subplot()
     cr = f.curve_runs
@@ -78,7 +84,9 @@ def _loss_vs_compute(save, f: ConventionFit) -> None:
             ax.plot(cr.C[i], cr.L[i], color=cmap(norm(cr.N[i[0]])), lw=0.7, alpha=0.5)
     ax.scatter(d["C"], d["L"], c=d["N"], cmap=cmap, norm=norm, edgecolor="k", zorder=3, s=28,
                label="final val loss (main runs)")  # fmt: skip
-    Cg = np.geomspace(d["C"].min() / 2, d["C"].max() * 2, 100)
+    Cg = np.geomspace(
+        d["C"].min() / 2, max(d["C"].max() * 2, oos["C_out"] * 1.5 if oos else 0), 100
+    )
     k = f.get("kaplan")
     if k is not None and math.isfinite(k.params["C_c"]):
         p = k.params
@@ -94,12 +102,45 @@ def _loss_vs_compute(save, f: ConventionFit) -> None:
         No, Do = optimal_allocation(r3.params, Cg, f.flops_law["k"], f.flops_law["p"])
         ax.plot(Cg, F.approach3_predict(r3.params, No, Do), "k--", lw=1,
                 label="approach 3 L(N_opt, D_opt)")  # fmt: skip
+    if oos:
+        _out_of_sample(ax, oos, cmap, norm)
     _colorbar(fig, ax, cmap, norm, conv.n_col)
     ax.set(xscale="log", yscale="log", xlabel=f"{conv.c_col} (FLOPs)", ylabel="loss (nats/token)",
            title=f"Loss vs compute, {conv.tag}: training curves coloured by N")  # fmt: skip
     _legend(ax, 7)
+    held = (" The holdout runs at C_out (diamonds, never fitted) and each approach's prediction "
+            "there from the main runs (approach 3 with its bootstrap 95% interval)."
+            if oos else "")  # fmt: skip
     save(fig, "loss_vs_compute", f"Loss vs compute ({conv.c_col}): training curves (train loss) "
-         "coloured by N, final validation losses, and fitted frontiers")  # fmt: skip
+         f"coloured by N, final validation losses, and fitted frontiers.{held}")  # fmt: skip
+
+
+OOS_MARKERS = {"approach1": ("^", "C1"), "approach2": ("s", "C2"), "approach3": ("*", "k")}
+
+
+def _out_of_sample(ax, oos: dict, cmap, norm) -> None:
+    """The holdout runs' losses at C_out and each approach's predicted loss there: approach 3
+    with its bootstrap interval as an error bar, approaches 1 and 2 as points with the L*(C)
+    they were read off (dotted) from their fitted range to C_out."""
+    runs, c_out = oos["runs"], oos["C_out"]
+    ax.scatter([r["C"] for r in runs], [r["loss"] for r in runs], c=[r["N"] for r in runs],
+               cmap=cmap, norm=norm, marker="D", s=44, edgecolor="r", linewidth=1.2, zorder=5,
+               label="holdout runs at C_out (not fitted)")  # fmt: skip
+    for key, e in oos["approaches"].items():
+        if not e or "loss" not in e:
+            continue
+        mk, col = OOS_MARKERS[key]
+        ci = e.get("loss_ci95")
+        yerr = None
+        if ci and all(x is not None and math.isfinite(x) for x in ci):
+            yerr = [[max(e["loss"] - ci[0], 0.0)], [max(ci[1] - e["loss"], 0.0)]]
+        ax.errorbar([c_out], [e["loss"]], yerr=yerr, fmt=mk, color=col, ms=9, mfc="none",
+                    capsize=3, zorder=6, label=f"approach {key[-1]} predicted "
+                    f"({e['rel_error']:+.1%})")  # fmt: skip
+        fr = e.get("frontier")
+        if fr:
+            x = np.geomspace(fr["C_range"][0], c_out, 50)
+            ax.plot(x, F.loss_frontier(fr, x), ":", color=col, lw=1)
 
 
 def _budget_rows(pts: F.Runs, labels: np.ndarray, C: float) -> np.ndarray:

@@ -14,16 +14,21 @@ from lm.scaling.report.fits import ConventionFit
 from lm.scaling.report.uncertainty import approach_total
 
 
-def summary_object(f: ConventionFit, checks: list[dict]) -> dict:
+def summary_object(f: ConventionFit, checks: list[dict], out_of_sample: dict | None = None) -> dict:
     """fit.json's `summary`, for the primary convention:
     {"convention": key, "a": {"approach1": {"value", "ci95", "ci95_total", "systematic"} or
      null, ...}, "approach2_interior_budgets": k or null, "checks": [{"name", "pass",
-     "detail"}]}. ci95_total and systematic: lm.scaling.report.uncertainty.approach_total."""
+     "detail"}], "out_of_sample": {...}}. ci95_total and systematic:
+    lm.scaling.report.uncertainty.approach_total; out_of_sample:
+    lm.scaling.report.out_of_sample.evaluate (with no holdout runs, `runs` is empty and `note`
+    says why)."""
     return {
         "convention": f.convention.key,
         "a": {f"approach{ap}": _a_entry(f, ap) for ap in APPROACHES},
         "approach2_interior_budgets": interior_budgets(f),
         "checks": [{"name": c["name"], "pass": c["pass"], "detail": c["detail"]} for c in checks],
+        "out_of_sample": out_of_sample
+        or {"runs": [], "approaches": {}, "note": "out of sample not evaluated"},
     }
 
 

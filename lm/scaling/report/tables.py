@@ -103,6 +103,7 @@ class SweepTables:
     curves: list[dict]
     lr: dict | None = None
     notes: list[str] = field(default_factory=list)
+    holdout: dict | None = None  # DIR/holdout.json: the sweep's out-of-sample prediction
 
 
 def load(out_dir: Path, sweep: SweepConfig | None = None) -> SweepTables:
@@ -126,7 +127,23 @@ def load(out_dir: Path, sweep: SweepConfig | None = None) -> SweepTables:
     if lr_note:
         notes.append(lr_note)
     curves = read_table(out_dir / "curves.csv")
-    return SweepTables(info, rows, main, curves, lr, notes)
+    holdout, note = read_holdout(out_dir)
+    if note:
+        notes.append(note)
+    return SweepTables(info, rows, main, curves, lr, notes, holdout)
+
+
+def read_holdout(out_dir: Path) -> tuple[dict | None, str | None]:
+    """DIR/holdout.json (lm.scaling.sweep.HOLDOUT_FILE), the sweep's out-of-sample prediction;
+    (None, None) when there is none, (None, why) when it cannot be read."""
+    p = out_dir / "holdout.json"
+    if not p.is_file():
+        return None, None
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"{p.name} not used ({type(e).__name__}: {e})"
+    return (doc, None) if isinstance(doc, dict) else (None, f"{p.name} not used: not an object")
 
 
 def read_lr(out_dir: Path) -> tuple[dict | None, str | None]:
