@@ -96,7 +96,9 @@ def test_cpu_tiny_preset_meets_the_spec():
     for c in sw.budgets:
         assert len({m.N for m in main if m.budget == c}) >= 5, c
     assert all(m.cfg.model.n_layers >= 2 for m in main)
-    assert len(sw.lr_sweep_sizes) >= 2 and len(sw.lr_sweep_lrs) >= 3
+    # muP: one base rate, tuned at one proxy size on several seeds, serves every width
+    assert sw.transfers_lr and len(sw.lr_sweep_sizes) == 1 and sw.lr_sweep_seeds >= 3
+    assert len(sw.lr_sweep_lrs) >= 3
     assert all(m.cfg.train.beta2 == 0.99 for m in main)
 
 
@@ -170,6 +172,56 @@ def test_lr_sweep_members_and_rule_in_the_plan(tmp_path):
         n = sweep_lib.params_for(m.cfg.model, "6N_out_attn")
         assert m.cfg.train.lr == pytest.approx(0.3 * n**-0.5)
         assert m.cfg.train.beta2 == 0.99
+
+
+def _mup_sweep(tmp_path, **kw):
+    base = tiny_sweep_base(tmp_path)
+    base["model"] = {**base.get("model", {}), "parametrization": "mup"}
+    args = dict(kind="isoflop", base=base, budgets=(1e9, 3e9), sizes=(2e4, 4e4),
+                lr_sweep_sizes=(2e4,), lr_sweep_lrs=(1e-3, 3e-3, 1e-2), lr_sweep_seeds=3,
+                lr_sweep_tokens_per_param=2.0, flops_convention="6N_out_attn")  # fmt: skip
+    return _tiny_sweep(tmp_path, **{**args, **kw})
+
+
+def test_mup_sweep_tunes_one_proxy_on_several_seeds(tmp_path):
+    sw = _mup_sweep(tmp_path)
+    assert sw.transfers_lr
+    lr_members = sweep_lib.plan_lr(sw)
+    assert len(lr_members) == 9  # 3 rates x 3 seeds at the one proxy size
+    assert len({m.name for m in lr_members}) == 9
+    assert len({(m.cfg.train.lr, m.cfg.train.seed) for m in lr_members}) == 9
+    width = sweep_lib.shape_for(2e4, sw.aspect, sw.head_dim, sw.min_layers)["d_model"]
+    assert sweep_lib.proxy_width(sw) == width
+    # every member is muP with the proxy as its base width: at the proxy muP is SP, so the rate
+    # tuned there is the base rate every wider member scales from
+    for m in lr_members + sweep_lib.plan(sw, sweep_lib.LRRule(3e-3, 0.0)):
+        assert m.cfg.model.parametrization == "mup"
+        assert m.cfg.model.mup_base_width == width
+        if m.group != "lr":
+            assert m.cfg.train.lr == pytest.approx(3e-3)
+
+
+def test_mup_sweep_refuses_a_per_size_rule(tmp_path):
+    with pytest.raises(ConfigError, match="lr_sweep_sizes.*one proxy size"):
+        _mup_sweep(tmp_path, lr_sweep_sizes=(2e4, 4e4))
+    with pytest.raises(ConfigError, match="lr_sweep_seeds"):
+        _tiny_sweep(tmp_path, lr_sweep_seeds=0)
+
+
+def test_lr_rule_takes_the_optimum_of_the_mean_over_seeds():
+    # Seed 0 alone is best at 4e-3, but the mean over three seeds is a parabola in log lr with
+    # its vertex at 6e-3 (closed form: the noise terms cancel in the mean), and one size gives
+    # the constant rule p = 0.
+    opt = 6e-3
+    noise = {0: (0.0, 0.0, -0.02, 0.0, 0.0), 1: (0.0, 0.0, 0.01, 0.0, 0.0),
+             2: (0.0, 0.0, 0.01, 0.0, 0.0)}  # fmt: skip
+    lrs = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
+    pts = [{"N": 1e4, "lr": lr, "loss": 2.0 + 0.1 * math.log(lr / opt) ** 2 + noise[s][i]}
+           for s in noise for i, lr in enumerate(lrs)]  # fmt: skip
+    assert min(pts[:5], key=lambda p: p["loss"])["lr"] == 4e-3
+    doc = sweep_lib.fit_lr_rule(pts)
+    assert doc["per_size"][0]["lr_opt"] == pytest.approx(opt, rel=1e-9)
+    assert doc["rule"]["p"] == 0.0 and doc["rule"]["k"] == pytest.approx(opt, rel=1e-9)
 
 
 def test_params_for_each_convention(tmp_path):
