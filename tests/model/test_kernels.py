@@ -1,6 +1,6 @@
 """The hand-written backward passes (lm.model.cpu_kernels) against autodiff, and the seam.
 
-Each kernel is checked in both precisions. float32: `jax.test_util.check_grads` (its VJP against
+Each kernel is checked in both precisions. float32: `jax.test_util.check_vjp` (its VJP against
 finite differences, in float64) and its VJP against autodiff of the plain formula in
 lm.model.transformer (random cotangents). bfloat16 operands: its VJP against autodiff of the plain
 formula in float64 at the same (bf16-valued) inputs, within bf16's rounding. Then whole train-step
@@ -9,6 +9,7 @@ options, and in bf16 against float32.
 """
 
 import dataclasses
+import functools
 import math
 
 import chex
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
+from jax.test_util import check_vjp
 
 from lm import config
 from lm.config import PRESETS, ModelConfig
@@ -24,9 +25,25 @@ from lm.inference import inspection
 from lm.model import cpu_kernels, transformer
 from lm.training import train
 
+# This file's programs are compiled with XLA:CPU's LLVM optimizations off: they check the math
+# of backward passes, which that level does not change (the comparisons below come out as at
+# the default level), and compile 1.5-3x faster.
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
 
 def _rand(key, *shape, dtype=jnp.float32):
-    return jax.random.normal(jax.random.key(key), shape, dtype)
+    """Standard normal test values as a numpy array. Drawn by numpy, not jax.random: XLA:CPU
+    takes seconds to compile jax.random.normal for each new shape, and numpy inputs keep
+    check_vjp's own arithmetic (finite differences, inner products) in numpy too."""
+    return np.random.default_rng(key).standard_normal(shape).astype(np.dtype(dtype))
+
+
+# check_vjp's finite-difference step for the kernels that return float32 even from float64
+# inputs (dense, output_xent, attend: they accumulate in float32). At its default 1e-4 the
+# difference of two float32 outputs carries ~1e-3 relative rounding error, up to the whole of
+# its 2e-3 float32 tolerance at some inputs; at 1e-3 that error is 10x smaller and the step's
+# own truncation error (~eps^2) is smaller still: the same check, less noise.
+EPS32 = 1e-3
 
 
 def _mask_BTS(B, T, S, empty_row=True):
@@ -51,26 +68,43 @@ def test_elementwise_and_dense_kernels(name):
     plain, fast, shapes, extra = CASES[name]
     with jax.enable_x64(True):
         args = [_rand(i, *s, dtype=jnp.float64) for i, s in enumerate(shapes)]
-        check_grads(lambda *a: fast(*a, *extra), args, order=1, modes=["rev"])
+        _check_grads(lambda *a: fast(*a, *extra), args, eps=EPS32)
     args = [_rand(i, *s) for i, s in enumerate(shapes)]
     _same_vjp(lambda *a: plain(*a, *extra), lambda *a: fast(*a, *extra), args)
     if name.startswith("dense"):  # gelu and normalize only ever see float32
         _bf16_vjp_close(lambda *a: plain(*a, *extra), lambda *a: fast(*a, *extra), args)
 
 
+def _value_and_vjp(fn):
+    """`(args, ct) -> (fn(*args), fn's VJP of ct)`, to jit as one program: jax.vjp of a
+    function and then its VJP compile two (and op by op, one per operation)."""
+
+    def run(args, ct):
+        y, vjp = jax.vjp(fn, *args)
+        return y, vjp(ct)
+
+    return run
+
+
+def _check_grads(fn, args, **kw):
+    """`check_grads(fn, args, order=1, modes=["rev"], **kw)` (its VJP against finite
+    differences), with fn and its VJP compiled once each by _jit."""
+    fwd, both = _jit(fn), _jit(_value_and_vjp(fn))
+    check_vjp(fwd, lambda *a: (fwd(*a), lambda ct: both(a, ct)[1]), tuple(args), **kw)
+
+
 def _bf16_vjp_close(plain, fast, args, tol=2e-2):
     """fast on bf16 operands against plain in float64 at the same values: outputs and input
     gradients within `tol` of each array's largest entry (bf16 keeps 8 bits: ~0.4% a value)."""
-    args16 = [a.astype(jnp.bfloat16) for a in args]
-    y16, vjp16 = jax.vjp(fast, *args16)
-    ct = jax.tree.map(lambda y: _rand(99, *y.shape), y16)
-    g16 = vjp16(ct)
+    args16 = [np.asarray(a).astype(jnp.bfloat16) for a in args]
+    ct = jax.tree.map(lambda y: _rand(99, *y.shape), jax.eval_shape(fast, *args16))
+    y16, g16 = _jit(_value_and_vjp(fast))(args16, ct)
     with jax.enable_x64(True):
-        a64 = [jnp.asarray(np.asarray(a, np.float64)) for a in args16]
-        y64, vjp64 = jax.vjp(plain, *a64)
+        a64 = [np.asarray(a, np.float64) for a in args16]
         # (the plain formulas accumulate in float32 even from float64 inputs: precise
         # enough to hold bf16 to a 2% tolerance)
-        g64 = vjp64(jax.tree.map(lambda c, y: jnp.asarray(np.asarray(c), y.dtype), ct, y64))
+        ct64 = jax.tree.map(lambda c, y: c.astype(y.dtype), ct, jax.eval_shape(plain, *a64))
+        y64, g64 = _jit(_value_and_vjp(plain))(a64, ct64)
         for got, want in zip(jax.tree.leaves((y16, g16)), jax.tree.leaves((y64, g64)), strict=True):
             assert got.dtype in (jnp.float32, jnp.bfloat16)
             want = np.asarray(want)
@@ -81,12 +115,12 @@ def _bf16_vjp_close(plain, fast, args, tol=2e-2):
 
 
 def _same_vjp(plain, fast, args, rtol=2e-5):
-    y_plain, vjp_plain = jax.vjp(plain, *args)
-    y_fast, vjp_fast = jax.vjp(fast, *args)
+    ct = jax.tree.map(lambda y: _rand(99, *y.shape, dtype=y.dtype), jax.eval_shape(plain, *args))
+    both = _jit(lambda a, c: (_value_and_vjp(plain)(a, c), _value_and_vjp(fast)(a, c)))
+    (y_plain, g_plains), (y_fast, g_fasts) = both(args, ct)
     chex.assert_trees_all_close(y_fast, y_plain, rtol=rtol, atol=1e-6)
-    ct = jax.tree.map(lambda y: _rand(99, *y.shape, dtype=y.dtype), y_plain)
-    for g_fast, g_plain in zip(vjp_fast(ct), vjp_plain(ct), strict=True):
-        scale = float(jnp.abs(g_plain).max())
+    for g_fast, g_plain in zip(g_fasts, g_plains, strict=True):
+        scale = float(np.abs(g_plain).max())
         np.testing.assert_allclose(g_fast, g_plain, rtol=rtol, atol=rtol * scale)
 
 
@@ -98,7 +132,7 @@ def test_normalize(center, with_bias):
 
     with jax.enable_x64(True):
         args = [_rand(i, *s, dtype=jnp.float64) for i, s in enumerate([(3, 4, 8), (8,), (8,)])]
-        check_grads(f(cpu_kernels.normalize), args, order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+        _check_grads(f(cpu_kernels.normalize), args, atol=1e-5, rtol=1e-5)
     args = [_rand(i, *s) for i, s in enumerate([(3, 4, 8), (8,), (8,)])]
     _same_vjp(f(transformer.normalize), f(cpu_kernels.normalize), args, rtol=5e-5)
 
@@ -112,14 +146,14 @@ def test_attend(K, G, use_weights):
     shapes = [(B, T, K, G, H), (B, S, K, H), (B, S, K, H)]
     mask = _mask_BTS(B, T, S)
 
-    def f(fn):  # jitted: op by op, the first of these tests compiles ~25 s of small programs
+    def f(fn):  # jitted below: op by op, these tests compiled ~25 s of small programs
         if use_weights:
-            return jax.jit(lambda q, k, v: fn(q, k, v, mask))
-        return jax.jit(lambda q, k, v: fn(q, k, v, mask)[0])
+            return lambda q, k, v: fn(q, k, v, mask)
+        return lambda q, k, v: fn(q, k, v, mask)[0]
 
     with jax.enable_x64(True):
         args = [_rand(i, *s, dtype=jnp.float64) for i, s in enumerate(shapes)]
-        check_grads(f(cpu_kernels.attend), args, order=1, modes=["rev"])
+        _check_grads(f(cpu_kernels.attend), args, eps=EPS32)
     args = [_rand(i, *s) for i, s in enumerate(shapes)]
     _same_vjp(f(transformer.attend), f(cpu_kernels.attend), args)
     _bf16_vjp_close(f(transformer.attend), f(cpu_kernels.attend), args)
@@ -136,7 +170,7 @@ def test_output_xent(tied):
 
     with jax.enable_x64(True):
         args = [_rand(0, M, D, dtype=jnp.float64), _rand(1, *w_shape, dtype=jnp.float64)]
-        check_grads(f(cpu_kernels.output_xent), args, order=1, modes=["rev"])
+        _check_grads(f(cpu_kernels.output_xent), args, eps=EPS32)
     _same_vjp(
         f(transformer.output_xent), f(cpu_kernels.output_xent), [_rand(0, M, D), _rand(1, *w_shape)]
     )
@@ -156,7 +190,7 @@ def test_check_grads_catches_a_wrong_backward():
         lambda x: jax.vjp(cpu_kernels.gelu, x), lambda vjp, g: tuple(1.01 * d for d in vjp(g))
     )
     with jax.enable_x64(True), pytest.raises(AssertionError):
-        check_grads(bad_gelu, [_rand(0, 3, 8, dtype=jnp.float64)], order=1, modes=["rev"])
+        _check_grads(bad_gelu, [_rand(0, 3, 8, dtype=jnp.float64)])
     with pytest.raises(AssertionError):
         _same_vjp(transformer.gelu, bad_gelu, [_rand(0, 3, 8)])
 
@@ -194,11 +228,19 @@ ARCHS = {
 }
 
 
+@functools.cache
+def _params(cfg: ModelConfig):
+    """transformer.init's weights for cfg, with an "rbg" key: the threefry default compiles a
+    program per weight shape that takes XLA:CPU seconds each (a minute for these configs)."""
+    return transformer.init(cfg, jax.random.key(0, impl="rbg"))
+
+
+@functools.cache  # gpt2, llama and llama_mqa_tied in float32 are asked for twice
 def _grads(cfg: ModelConfig, impl: str):
+    params = _params(dataclasses.replace(cfg, compute_dtype="float32", grad_impl="autodiff"))
     cfg = dataclasses.replace(cfg, grad_impl=impl)
-    params = transformer.init(cfg, jax.random.key(0))
-    batch = jax.random.randint(jax.random.key(1), (3, 13), 0, cfg.vocab_size)
-    return jax.jit(jax.value_and_grad(train.loss_fn), static_argnums=2)(params, batch, cfg)
+    batch = np.random.default_rng(1).integers(0, cfg.vocab_size, (3, 13), np.int32)
+    return _jit(jax.value_and_grad(train.loss_fn), static_argnums=2)(params, batch, cfg)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -212,7 +254,7 @@ def test_train_step_gradients_custom_vs_autodiff(arch):
             c = c[k.key]
         # bk's true gradient is 0 (a key bias shifts every score of a query equally): its
         # rounding noise (~1e-11) is held to an absolute floor rather than to its own size.
-        atol = max(1e-4 * float(jnp.abs(a).max()), 1e-8)
+        atol = max(1e-4 * float(np.abs(a).max()), 1e-8)
         np.testing.assert_allclose(c, a, rtol=1e-4, atol=atol, err_msg=str(path))
 
 
@@ -289,7 +331,7 @@ def test_inspect_stages_follow_llama3_rope_scaling():
     """`lm inspect --stages` once rotated q/k unscaled; now the stages are the model's own:
     the logits are model.apply's and q is the llama3-scaled rotation computed by hand."""
     cfg = dataclasses.replace(ARCHS["llama3_rope"], rope_high_freq_factor=2.0)
-    params = transformer.init(cfg, jax.random.key(3))
+    params = transformer.init(cfg, jax.random.key(3, impl="rbg"))  # (see _params)
     tokens = [5, 9, 2, 7, 7, 1, 30, 4, 11, 3]
     rec = inspection.recorded_stages(params, cfg, tokens)
     want = transformer.apply(params, jnp.asarray([tokens]), cfg)[0]
