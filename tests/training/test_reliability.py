@@ -249,7 +249,7 @@ def _small_vocab(d: Path, parts):
     [
         (_header_list, "header is not a JSON object"),
         (_int_shards, "file name 5"),
-        (_no_offsets, "model.embed_tokens.weight: malformed shape or data_offsets"),
+        (_no_offsets, "'model.embed_tokens.weight': malformed shape or data_offsets"),
         (_small_vocab, "config.json: vocab_size=200"),
     ],
 )
