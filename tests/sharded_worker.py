@@ -1,6 +1,6 @@
 """Run by tests/training/test_sharding.py in a fresh process, since the number of simulated CPU
-devices is fixed when JAX starts: train a tiny model on a given mesh and print its losses as one
-JSON line."""
+devices is fixed when JAX starts: train tiny models on given meshes, one after another in this
+process, and print each one's losses as a JSON line."""
 
 import json
 import sys
@@ -20,24 +20,23 @@ def main() -> None:
     from lm import config
     from lm.training import loop
 
-    cfg = config.load(None, args["overrides"])
-    out = loop.train_run(
-        cfg, args["run_dir"], progress=False, stop_after=args.get("stop_after"),
-        print_fn=lambda *_: None,
-    )  # fmt: skip
+    results = {}
+    for name, run in args["runs"].items():
+        cfg = config.load(None, run["overrides"])
+        out = loop.train_run(
+            cfg, run["run_dir"], progress=False, stop_after=run.get("stop_after"),
+            print_fn=lambda *_: None,
+        )  # fmt: skip
+        if jax.process_index() == 0:
+            lines = [json.loads(x) for x in open(f"{run['run_dir']}/metrics.jsonl")]
+            results[name] = {
+                "train": [r["train_loss"] for r in lines if "train_loss" in r],
+                "val": [r["val_loss"] for r in lines if "val_loss" in r],
+                "devices": jax.device_count(),
+                "step": out["step"],
+            }
     if jax.process_index() == 0:
-        lines = [json.loads(x) for x in open(f"{args['run_dir']}/metrics.jsonl")]
-        print(
-            "RESULT "
-            + json.dumps(
-                {
-                    "train": [r["train_loss"] for r in lines if "train_loss" in r],
-                    "val": [r["val_loss"] for r in lines if "val_loss" in r],
-                    "devices": jax.device_count(),
-                    "step": out["step"],
-                }
-            )
-        )
+        print("RESULT " + json.dumps(results))
 
 
 if __name__ == "__main__":

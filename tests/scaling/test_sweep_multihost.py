@@ -11,7 +11,7 @@ from pathlib import Path
 
 import chex
 import yaml
-from tiny import tiny_sweep_base
+from tiny import FAST_XLA_FLAGS, tiny_sweep_base
 
 ROOT = Path(__file__).resolve().parents[2]
 TOL = dict(rtol=2e-4, atol=2e-5)  # reductions split across processes sum in another order
@@ -31,7 +31,7 @@ def _sweep_file(tmp_path: Path) -> Path:
 def _start(args: list[str], devices: int) -> subprocess.Popen:
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_XLA_FLAGS}",
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.Popen(

@@ -20,7 +20,7 @@ from lm.scaling import workers as wk
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_sweep import _tiny_sweep  # noqa: E402
-from tiny import tiny_sweep_base  # noqa: E402
+from tiny import FAST_XLA_FLAGS, tiny_sweep_base  # noqa: E402
 
 
 def _work(members) -> dict[str, float]:
@@ -234,8 +234,8 @@ def _sweep_file(tmp_path: Path) -> Path:
 
 
 def _host(path: Path, out: Path, index: int, count: int, workers: int = 1, devices: int = 1):
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
+    flags = f"--xla_force_host_platform_device_count={devices} {FAST_XLA_FLAGS}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": flags}
     cmd = [sys.executable, "-m", "lm.cli", "sweep", "run", str(path), "--out", str(out),
            "--no-progress", "--workers", str(workers), "--worker-index", str(index),
            "--num-workers", str(count)]  # fmt: skip

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from tiny import FAST_XLA_FLAGS
 
 from lm.config import ConfigError, MeshConfig, ModelConfig
 from lm.model import transformer
@@ -32,11 +33,14 @@ def _overrides(tmp_path, *extra):
     ]  # fmt: skip
 
 
-def _worker(args: dict, devices: int, env_extra=None, wait=True):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+def _worker(runs: dict, devices: int, wait=True, **dist):
+    """tests/sharded_worker.py on `devices` fake CPU devices: trains `runs` ({name: {"overrides",
+    "run_dir", "stop_after"?}}) in turn in that one process; {name: losses} (from process 0)."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA_FLAGS}".strip()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": flags}
     p = subprocess.Popen(
-        [sys.executable, str(WORKER), json.dumps({**args, "devices": devices})], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(WORKER), json.dumps({"runs": runs, "devices": devices, **dist})],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     return _result(p) if wait else p
 
@@ -46,6 +50,31 @@ def _result(p):
     assert p.returncode == 0, err[-3000:]
     lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
     return json.loads(lines[0][7:]) if lines else None
+
+
+MESHES = {  # on 8 devices
+    "data": ["mesh.data=8", "mesh.fsdp=1"],
+    "fsdp": ["mesh.fsdp=8"],
+    "fsdp_tensor": ["mesh.fsdp=4", "mesh.tensor=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The straight runs the tests compare with, each trained once: on 1 device, and on each of
+    MESHES over 8 (one process for those, as their compiles dominate its time); that process
+    also trains the fsdp_tensor run that test_save_on_8_devices_restore_on_1 stops at step 5."""
+    tmp = tmp_path_factory.mktemp("sharding")
+    one = _worker({"one": {"overrides": _overrides(tmp, "mesh.fsdp=1"), "run_dir": str(tmp / "1")}},
+                  1, wait=False)  # fmt: skip
+    eight = {name: {"overrides": _overrides(tmp, *mesh), "run_dir": str(tmp / name)}
+             for name, mesh in MESHES.items()}  # fmt: skip
+    eight["stopped"] = {**eight["fsdp_tensor"], "run_dir": str(tmp / "stopped"), "stop_after": 5}
+    try:
+        got = _worker(eight, 8)
+    finally:
+        one_got = _result(one)
+    return {**one_got, **got, "tmp": tmp}
 
 
 def test_partition_rules():
@@ -72,32 +101,22 @@ def test_every_param_has_a_rule():
             assert name in sharding.RULES, name
 
 
-def test_meshes_give_the_same_losses(tmp_path):
-    one = _worker(
-        {"overrides": _overrides(tmp_path, "mesh.fsdp=1"), "run_dir": str(tmp_path / "1")}, 1
-    )
+def test_meshes_give_the_same_losses(runs):
+    one = runs["one"]
     assert one["devices"] == 1 and len(one["train"]) == 10
-    for name, mesh in {
-        "data": ["mesh.data=8", "mesh.fsdp=1"],
-        "fsdp": ["mesh.fsdp=8"],
-        "fsdp_tensor": ["mesh.fsdp=4", "mesh.tensor=2"],
-    }.items():
-        got = _worker(
-            {"overrides": _overrides(tmp_path, *mesh), "run_dir": str(tmp_path / name)}, 8
-        )
+    for name in MESHES:
+        got = runs[name]
         assert got["devices"] == 8
         np.testing.assert_allclose(got["train"], one["train"], **TOL, err_msg=name)
         np.testing.assert_allclose(got["val"], one["val"], **TOL, err_msg=name)
 
 
-def test_save_on_8_devices_restore_on_1(tmp_path):
-    straight = _worker(
-        {"overrides": _overrides(tmp_path, "mesh.fsdp=8"), "run_dir": str(tmp_path / "a")}, 8
-    )
-    run = str(tmp_path / "b")
-    _worker({"overrides": _overrides(tmp_path, "mesh.fsdp=4", "mesh.tensor=2"), "run_dir": run,
-             "stop_after": 5}, 8)  # fmt: skip
-    resumed = _worker({"overrides": _overrides(tmp_path, "mesh.fsdp=1"), "run_dir": run}, 1)
+def test_save_on_8_devices_restore_on_1(runs):
+    straight, tmp = runs["fsdp"], runs["tmp"]
+    assert runs["stopped"]["step"] == 5  # on fsdp 4 x tensor 2
+    run = {"overrides": _overrides(tmp, "mesh.fsdp=1"), "run_dir": str(tmp / "stopped")}
+    resumed = _worker({"resumed": run}, 1)["resumed"]
+    assert resumed["step"] == 10
     np.testing.assert_allclose(resumed["train"], straight["train"], **TOL)
     np.testing.assert_allclose(resumed["val"], straight["val"], **TOL)
 
@@ -108,27 +127,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
-    one = _worker(
-        {"overrides": _overrides(tmp_path, "mesh.fsdp=8"), "run_dir": str(tmp_path / "one")}, 8
-    )
+def test_two_processes_match_one_process(runs, tmp_path):
+    one = runs["fsdp"]
     coord = f"127.0.0.1:{_free_port()}"
+    two_dir = str(tmp_path / "two")
+    run = {"two": {"overrides": _overrides(tmp_path, "mesh.fsdp=8"), "run_dir": two_dir}}
     procs = [
-        _worker(
-            {
-                "overrides": _overrides(tmp_path, "mesh.fsdp=8"),
-                "run_dir": str(tmp_path / "two"),
-                "coordinator": coord,
-                "num_processes": 2,
-                "process_id": i,
-            },
-            4,
-            wait=False,
-        )  # fmt: skip
+        _worker(run, 4, wait=False, coordinator=coord, num_processes=2, process_id=i)
         for i in range(2)
     ]
-    results = [_result(p) for p in procs]
-    two = results[0]
+    two = [_result(p) for p in procs][0]["two"]
     assert two["devices"] == 8
     np.testing.assert_allclose(two["train"], one["train"], **TOL)
     np.testing.assert_allclose(two["val"], one["val"], **TOL)
