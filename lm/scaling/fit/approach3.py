@@ -155,6 +155,28 @@ APPROACH3_FORMULA = (
     "a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A/(beta B))^(1/(alpha+beta))"
 )
 
+
+def approach3_rows(runs: Runs | Mapping[str, Any]) -> Runs:
+    """The runs, if they can identify approach 3's five parameters (FitError otherwise): every
+    approach-3 fitter checks its input here."""
+    r = as_runs(runs)
+    if len(r) < 5:
+        raise FitError(f"approach 3 fits 5 parameters and needs >= 5 rows, got {len(r)}")
+    for col, v in (("N", r.N), ("D", r.D)):
+        if np.unique(v).size < 2:
+            raise FitError(f"approach 3 needs >= 2 distinct values of {col}, got 1")
+    return r
+
+
+def residual_stats(resid: np.ndarray) -> dict[str, float]:
+    """How well a fit matches, from its log residuals log L_hat - log L."""
+    return {
+        "rms_log_residual": float(np.sqrt(np.mean(resid**2))),
+        "max_abs_log_residual": float(np.max(np.abs(resid))),
+        "mean_abs_rel_error": float(np.mean(np.abs(np.expm1(resid)))),
+    }
+
+
 # Tolerances for approach 3's L-BFGS; see `batched_lbfgs` for why ftol is relative to |f|.
 A3_OPTIONS = {"max_iter": 1000, "gtol": 1e-10, "ftol": 1e-12}
 
@@ -175,12 +197,7 @@ def fit_approach3(
 
     Keys E, A, B, alpha, beta, a, b, G (see `approach3_params`) plus log_A, log_B, log_E.
     """
-    r = as_runs(runs)
-    if len(r) < 5:
-        raise FitError(f"approach 3 fits 5 parameters and needs >= 5 rows, got {len(r)}")
-    for col, v in (("N", r.N), ("D", r.D)):
-        if np.unique(v).size < 2:
-            raise FitError(f"approach 3 needs >= 2 distinct values of {col}, got 1")
+    r = approach3_rows(runs)
     starts = chinchilla_grid() if starts is None else np.atleast_2d(np.asarray(starts, float))
     opts = {**A3_OPTIONS, **lbfgs_options}
     logN, logD, logL = np.log(r.N), np.log(r.D), np.log(r.L)
@@ -206,9 +223,7 @@ def fit_approach3(
             for s, c in zip(*np.unique(res.status, return_counts=True), strict=True)
         },
         "total_evaluations": int(res.n_fev.sum()),
-        "rms_log_residual": float(np.sqrt(np.mean(resid**2))),
-        "max_abs_log_residual": float(np.max(np.abs(resid))),
-        "mean_abs_rel_error": float(np.mean(np.abs(np.expm1(resid)))),
+        **residual_stats(resid),
     }
     return FitResult(
         "3",

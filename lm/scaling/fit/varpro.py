@@ -30,8 +30,10 @@ from lm.scaling.fit.approach3 import (
     APPROACH3_FORMULA,
     HUBER_DELTA,
     approach3_params,
+    approach3_rows,
+    residual_stats,
 )
-from lm.scaling.fit.data import FitError, Runs, as_runs
+from lm.scaling.fit.data import FitError, Runs
 from lm.scaling.fit.result import FitResult
 
 # The outer grid: the exponents a power law in N or D can plausibly have, 0.05 apart (phi is
@@ -153,12 +155,7 @@ def fit_approach3_varpro(
     (bootstrap counts). stats: the objective, the condition numbers of the five-parameter
     (Gauss-Newton) Hessian, in the log-parametrisation L-BFGS searches, and of the projected
     2 x 2 one, and the residuals."""
-    r = as_runs(runs)
-    if len(r) < 5:
-        raise FitError(f"approach 3 fits 5 parameters and needs >= 5 rows, got {len(r)}")
-    for col, v in (("N", r.N), ("D", r.D)):
-        if np.unique(v).size < 2:
-            raise FitError(f"approach 3 needs >= 2 distinct values of {col}, got 1")
+    r = approach3_rows(runs)
     logN, logD, logL = np.log(r.N), np.log(r.D), np.log(r.L)
     w = np.ones(len(r)) if weights is None else np.asarray(weights, np.float64)
     phi = projected(logN, logD, logL, w, delta)
@@ -188,9 +185,7 @@ def fit_approach3_varpro(
         "grid_points": int(values.size),
         "condition_full": _condition(_full_hessian(theta, logN, logD, logL, w, delta)),
         "condition_projected": _condition(_projected_hessian(phi, np.array([alpha, beta]))),
-        "rms_log_residual": float(np.sqrt(np.mean(resid**2))),
-        "max_abs_log_residual": float(np.max(np.abs(resid))),
-        "mean_abs_rel_error": float(np.mean(np.abs(np.expm1(resid)))),
+        **residual_stats(resid),
     }
     return FitResult(
         "3",
